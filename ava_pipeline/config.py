@@ -1,0 +1,340 @@
+"""Typed configuration of an action model, read from our YAML or from PySlowFast's AVA YAML unchanged.
+
+This module is the single configuration boundary: builders read these dataclasses, modules take plain
+arguments. Values are converted by declared type; an unknown key is an error that suggests the closest name.
+
+Our YAML (``configs/*.yaml``) mirrors the dataclasses::
+
+    name: SLOWFAST_32x2_R101_50_50
+    model: {arch: slowfast, depth: 101, num_frames: 32, sampling_rate: 2, aligned: false, ...}
+    data: {test_crop_size: 256}
+    box_thresh: 0.8
+
+A PySlowFast config is recognised by its upper-case sections (``MODEL``, ``DATA``, ``RESNET`` ...). The keys
+that define the model and the test-time data path are translated; training, solver, logging and demo keys are
+listed in ``PYSLOWFAST_IGNORED`` and skipped on purpose; anything else is an error, as in PySlowFast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+PerPathway = tuple[int, ...]
+"""One value per pathway: ``(slow, fast)`` for SlowFast, ``(slow,)`` for Slow-only."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a SlowFast / Slow-only ResNet with the AVA RoI head (PySlowFast's option names).
+
+    Per-stage tuples have 4 entries (res2..res5), each with one value per pathway.
+    """
+
+    arch: str = "slowfast"  # "slowfast" | "slow"
+    depth: int = 50  # 50 | 101
+    num_frames: int = 32  # T: frames in the (fast) clip
+    sampling_rate: int = 2  # tau: grid frames between two clip frames
+    alpha: int = 4  # fast/slow frame-rate ratio
+    beta_inv: int = 8  # slow/fast channel ratio
+    fusion_conv_channel_ratio: int = 2
+    fusion_kernel_size: int = 7
+    width_per_group: int = 64
+    num_groups: int = 1
+    num_block_temp_kernel: tuple[PerPathway, ...] = ((3, 3), (4, 4), (6, 6), (3, 3))
+    spatial_strides: tuple[PerPathway, ...] = ((1, 1), (2, 2), (2, 2), (1, 1))
+    spatial_dilations: tuple[PerPathway, ...] = ((1, 1), (1, 1), (1, 1), (2, 2))
+    nonlocal_location: tuple[tuple[tuple[int, ...], ...], ...] = (((), ()), ((), ()), ((), ()), ((), ()))
+    nonlocal_pool: tuple[tuple[tuple[int, ...], ...], ...] = (
+        ((1, 2, 2), (1, 2, 2)), ((1, 2, 2), (1, 2, 2)), ((1, 2, 2), (1, 2, 2)), ((1, 2, 2), (1, 2, 2)))
+    nonlocal_instantiation: str = "dot_product"  # "dot_product" | "softmax"
+    num_classes: int = 80
+    dropout_rate: float = 0.5
+    head_act: str = "sigmoid"
+    roi_resolution: int = 7
+    spatial_scale_factor: int = 16  # total spatial stride of the backbone
+    aligned: bool = True  # RoIAlign half-pixel offset (False for every released PySlowFast AVA checkpoint)
+
+    @property
+    def num_pathways(self) -> int:
+        return 2 if self.arch == "slowfast" else 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Test-time data path: frame grid, resize and normalisation."""
+
+    fps: int = 30  # frame grid of AVA (`ffmpeg -r 30`)
+    test_crop_size: int = 256  # short side after resizing (no crop at test time)
+    mean: tuple[float, ...] = (0.45, 0.45, 0.45)  # RGB, on [0, 1] values
+    std: tuple[float, ...] = (0.225, 0.225, 0.225)
+    bgr: bool = False  # feed BGR instead of RGB
+
+
+@dataclass(frozen=True)
+class ActionModelConfig:
+    """Everything needed to build an action model and feed it."""
+
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    box_thresh: float = 0.8  # person-box score threshold the model was evaluated with
+    label_map: str = "v2.2"  # names of the model's output classes (packaged name or pbtxt path)
+    eval_label_map: str = "v2.2-eval"  # classes scored by evaluation
+    weights: Optional[str] = None  # checkpoint path named by the config (PySlowFast TEST/TRAIN.CHECKPOINT_FILE_PATH)
+
+
+_SUPPORTED = {
+    ("model", "arch"): ("slowfast", "slow"),
+    ("model", "depth"): (50, 101),
+    ("model", "nonlocal_instantiation"): ("dot_product", "softmax"),
+    ("model", "head_act"): ("sigmoid",),
+}
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML value to the declared type ``hint``; ``where`` names the key for error messages."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _convert(value, args[0], where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")
+
+
+def _build(cls, values: Any, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, strictly."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), names)}")
+        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _validate(cfg: ActionModelConfig, source: str) -> ActionModelConfig:
+    for (section, key), allowed in _SUPPORTED.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {section}.{key}={value!r} is not supported; use one of {list(allowed)}")
+    model = cfg.model
+    per_pathway = (model.num_block_temp_kernel, model.spatial_strides, model.spatial_dilations,
+                   model.nonlocal_location, model.nonlocal_pool)
+    for option in per_pathway:
+        if len(option) != 4 or any(len(stage) != model.num_pathways for stage in option):
+            raise ConfigError(f"{source}: per-stage options need 4 stages of {model.num_pathways} pathway value(s) "
+                              f"for arch {model.arch!r}, got {option!r}")
+    if model.arch == "slowfast" and model.num_frames % model.alpha:
+        raise ConfigError(f"{source}: model.num_frames={model.num_frames} must be a multiple of alpha={model.alpha}")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
+        raise ConfigError(f"{source}: data.mean and data.std need 3 values (RGB)")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ PySlowFast YAML
+
+# (SECTION, KEY) of PySlowFast -> (our section or None for top level, our key, converter)
+_PYSLOWFAST_KEYS = {
+    ("MODEL", "ARCH"): ("model", "arch", None),
+    ("MODEL", "NUM_CLASSES"): ("model", "num_classes", None),
+    ("MODEL", "DROPOUT_RATE"): ("model", "dropout_rate", None),
+    ("MODEL", "HEAD_ACT"): ("model", "head_act", None),
+    ("RESNET", "DEPTH"): ("model", "depth", None),
+    ("RESNET", "WIDTH_PER_GROUP"): ("model", "width_per_group", None),
+    ("RESNET", "NUM_GROUPS"): ("model", "num_groups", None),
+    ("RESNET", "NUM_BLOCK_TEMP_KERNEL"): ("model", "num_block_temp_kernel", None),
+    ("RESNET", "SPATIAL_STRIDES"): ("model", "spatial_strides", None),
+    ("RESNET", "SPATIAL_DILATIONS"): ("model", "spatial_dilations", None),
+    ("SLOWFAST", "ALPHA"): ("model", "alpha", None),
+    ("SLOWFAST", "BETA_INV"): ("model", "beta_inv", None),
+    ("SLOWFAST", "FUSION_CONV_CHANNEL_RATIO"): ("model", "fusion_conv_channel_ratio", None),
+    ("SLOWFAST", "FUSION_KERNEL_SZ"): ("model", "fusion_kernel_size", None),
+    ("NONLOCAL", "LOCATION"): ("model", "nonlocal_location", None),
+    ("NONLOCAL", "POOL"): ("model", "nonlocal_pool", None),
+    ("NONLOCAL", "INSTANTIATION"): ("model", "nonlocal_instantiation", None),
+    ("DATA", "NUM_FRAMES"): ("model", "num_frames", None),
+    ("DATA", "SAMPLING_RATE"): ("model", "sampling_rate", None),
+    ("DATA", "TEST_CROP_SIZE"): ("data", "test_crop_size", None),
+    ("DATA", "MEAN"): ("data", "mean", None),
+    ("DATA", "STD"): ("data", "std", None),
+    ("DETECTION", "ALIGNED"): ("model", "aligned", None),
+    ("DETECTION", "ROI_XFORM_RESOLUTION"): ("model", "roi_resolution", None),
+    ("DETECTION", "SPATIAL_SCALE_FACTOR"): ("model", "spatial_scale_factor", None),
+    ("AVA", "BGR"): ("data", "bgr", None),
+    ("AVA", "DETECTION_SCORE_THRESH"): (None, "box_thresh", None),
+    ("AVA", "LABEL_MAP_FILE"): (None, "eval_label_map", "label_map"),
+    ("TEST", "CHECKPOINT_FILE_PATH"): (None, "weights", "path"),
+}
+
+# Keys whose value must be what our implementation does (anything else would silently change the model).
+_PYSLOWFAST_REQUIRED = {
+    ("RESNET", "TRANS_FUNC"): "bottleneck_transform",
+    ("RESNET", "STRIDE_1X1"): False,
+    ("DETECTION", "ENABLE"): True,
+    ("AVA", "TEST_FORCE_FLIP"): False,
+    ("AVA", "IMG_PROC_BACKEND"): "cv2",
+    ("BN", "NORM_TYPE"): "batchnorm",
+}
+
+PYSLOWFAST_IGNORED = {
+    # whole sections that concern training, logging, hardware or the demo UI
+    "SOLVER", "DATA_LOADER", "TENSORBOARD", "DEMO", "BN", "MULTIGRID", "MIXUP", "AUG", "BENCHMARK",
+    "CONTRASTIVE", "MASK", "TASK", "LOG_PERIOD", "LOG_MODEL_INFO", "DIST_BACKEND", "NUM_GPUS", "NUM_SHARDS",
+    "SHARD_ID", "RNG_SEED", "OUTPUT_DIR", "NONLOCAL.GROUP", "NONLOCAL.NORM_TYPE",
+    "TRAIN", "TEST.ENABLE", "TEST.DATASET", "TEST.BATCH_SIZE", "TEST.CHECKPOINT_TYPE", "TEST.NUM_ENSEMBLE_VIEWS",
+    "TEST.NUM_SPATIAL_CROPS", "TEST.SAVE_RESULTS_PATH",
+    "MODEL.MODEL_NAME", "MODEL.LOSS_FUNC", "MODEL.FC_INIT_STD", "MODEL.SINGLE_PATHWAY_ARCH",
+    "MODEL.MULTI_PATHWAY_ARCH",
+    "RESNET.ZERO_INIT_FINAL_BN", "RESNET.INPLACE_RELU",
+    "DATA.TRAIN_JITTER_SCALES", "DATA.TRAIN_CROP_SIZE", "DATA.INPUT_CHANNEL_NUM", "DATA.PATH_TO_DATA_DIR",
+    "DATA.PATH_PREFIX", "DATA.RANDOM_FLIP", "DATA.MULTI_LABEL", "DATA.ENSEMBLE_METHOD", "DATA.REVERSE_INPUT_CHANNEL",
+    "DATA.DECODING_BACKEND", "DATA.TARGET_FPS",
+    "AVA.TRAIN_PREDICT_BOX_LISTS", "AVA.TEST_PREDICT_BOX_LISTS", "AVA.TRAIN_GT_BOX_LISTS", "AVA.FRAME_DIR",
+    "AVA.FRAME_LIST_DIR", "AVA.ANNOTATION_DIR", "AVA.TRAIN_LISTS", "AVA.TEST_LISTS", "AVA.EXCLUSION_FILE",
+    "AVA.GROUNDTRUTH_FILE", "AVA.TRAIN_USE_COLOR_AUGMENTATION", "AVA.TRAIN_PCA_JITTER_ONLY", "AVA.FULL_TEST_ON_VAL",
+}
+
+
+def _is_ignored(section: str, key: Optional[str]) -> bool:
+    return section in PYSLOWFAST_IGNORED or (key is not None and f"{section}.{key}" in PYSLOWFAST_IGNORED)
+
+
+def _from_pyslowfast(raw: dict, source: str, name: str) -> ActionModelConfig:
+    sections: dict[Optional[str], dict] = {None: {"name": name}, "model": {}, "data": {}}
+    known_sections = {s for s, _ in _PYSLOWFAST_KEYS} | {s for s, _ in _PYSLOWFAST_REQUIRED}
+    for section, body in raw.items():
+        if _is_ignored(section, None):
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: unknown PySlowFast key {section!r}"
+                              f"{_suggest(section, known_sections | PYSLOWFAST_IGNORED)}")
+        for key, value in body.items():
+            if _is_ignored(section, key):
+                continue
+            if (section, key) in _PYSLOWFAST_REQUIRED:
+                expected = _PYSLOWFAST_REQUIRED[(section, key)]
+                if value != expected:
+                    raise ConfigError(f"{source}: {section}.{key}={value!r} is not supported (only {expected!r})")
+                continue
+            if (section, key) not in _PYSLOWFAST_KEYS:
+                choices = [f"{s}.{k}" for s, k in _PYSLOWFAST_KEYS] + sorted(PYSLOWFAST_IGNORED)
+                raise ConfigError(f"{source}: unknown PySlowFast key {section}.{key}"
+                                  f"{_suggest(f'{section}.{key}', choices)}")
+            ours, our_key, kind = _PYSLOWFAST_KEYS[(section, key)]
+            if kind == "label_map":
+                value = _pyslowfast_label_map(value)
+            elif kind == "path":
+                value = value or None
+            sections[ours][our_key] = value
+    values = dict(sections[None], model=sections["model"], data=sections["data"])
+    if values["model"].get("arch") == "slow":
+        values["model"].setdefault("nonlocal_pool", (((1, 2, 2),),) * 4)
+    values.setdefault("box_thresh", 0.9)  # PySlowFast's default AVA.DETECTION_SCORE_THRESH
+    return _build(ActionModelConfig, values, "")
+
+
+def _pyslowfast_label_map(filename: str) -> str:
+    """Map PySlowFast's AVA.LABEL_MAP_FILE (a file name relative to its annotation dir) to a packaged map."""
+    known = {"ava_action_list_v2.2_for_activitynet_2019.pbtxt": "v2.2-eval",
+             "ava_action_list_v2.1_for_activitynet_2018.pbtxt": "v2.1-eval",
+             "ava_action_list_v2.2.pbtxt": "v2.2"}
+    return known.get(Path(filename).name, filename)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def packaged_config_names() -> list[str]:
+    """Names of the YAML configs shipped in ``ava_pipeline/configs``."""
+    return sorted(p.name[:-5] for p in resources.files("ava_pipeline").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _resolve(source: str | Path) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    packaged = resources.files("ava_pipeline").joinpath("configs", f"{source}.yaml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    names = packaged_config_names()
+    raise ConfigError(f"config {str(source)!r} is neither a YAML file nor a packaged config"
+                      f"{_suggest(str(source), names) if names else ''} (packaged: {', '.join(names)})")
+
+
+def load_config(source: str | Path) -> ActionModelConfig:
+    """Load a config from a YAML path (ours or PySlowFast's) or a packaged config name."""
+    path = _resolve(source)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at top level")
+    try:
+        if any(isinstance(k, str) and k.isupper() for k in raw):
+            cfg = _from_pyslowfast(raw, str(path), name=path.stem)
+        else:
+            cfg = _build(ActionModelConfig, raw, "")
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    return _validate(cfg, str(path))
+
+
+def dump_config(cfg: ActionModelConfig) -> str:
+    """Serialise a config as our YAML (tuples as lists)."""
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+    data = {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v))
+            for k, v in dataclasses.asdict(cfg).items()}
+    return yaml.safe_dump(data, sort_keys=False)

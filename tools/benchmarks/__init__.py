@@ -1,0 +1,1 @@
+"""Benchmark subcommands of tools/benchmark.py; each module has `add_arguments(parser)` and `run(args)`."""

@@ -1,0 +1,48 @@
+"""Shared helpers for the benchmarks: machine description, robust timing, peak RSS."""
+import os
+import platform
+import resource
+import statistics
+import time
+
+
+def machine_line(threads=None):
+    """One line naming the CPU, core count, thread count and library versions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"machine: {cpu}", f"{os.cpu_count()} cores"]
+    if threads is not None:
+        parts.append(f"{threads} threads")
+    try:
+        import torch
+        parts.append(f"torch {torch.__version__}")
+    except ImportError:
+        pass
+    parts.append(f"python {platform.python_version()}")
+    return ", ".join(parts)
+
+
+def median_time(fn, repeats=5, warmup=1):
+    """Median wall time in seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb_of_children():
+    """Peak resident set size (MB) over all waited-for child processes."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def peak_rss_mb():
+    """Peak resident set size (MB) of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
