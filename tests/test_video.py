@@ -1,0 +1,291 @@
+"""ava_pipeline.video: AVA's 30 fps frame grid straight from a movie, keyframe clips, bad files.
+
+Every test video shows its own frame index (tests/videos.py), so the frames a clip holds are checked exactly.
+Where ``ffmpeg`` is installed, the grid is compared with the frames ``ffmpeg -i video -r 30`` extracts (AVA's
+extraction command); without it, with sequences recorded from FFmpeg 5.1 for the same files.
+"""
+import gc
+import subprocess
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from ava_pipeline.errors import VideoDecodeError
+from ava_pipeline.video import (VideoReader, VideoTruncatedError, _NeededFrames, _SourceFrame, iter_clips,
+                                keyframe_schedule, keyframes_from_boxes)
+from tests.videos import (ffmpeg_available, ffmpeg_grid_indices, index_image, read_index, write_index_video)
+
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg is not installed")
+
+LOSSLESS_RGB = dict(codec="png", pix_fmt="rgb24")  # .mov: exact RGB frames
+# name -> write_index_video arguments: constant rates below, at and above 30 fps, variable frame rate,
+# a non-zero first timestamp, audio that starts before the video, H.264 with B-frames.
+VIDEOS = {
+    "cfr24.mkv": dict(num_frames=50, fps=24),
+    "cfr60.mov": dict(num_frames=100, fps=60, **LOSSLESS_RGB),
+    "ntsc.mov": dict(num_frames=120, fps=Fraction(30000, 1001), time_base=Fraction(1001, 30000), **LOSSLESS_RGB),
+    "vfr.mkv": dict(num_frames=50, vfr_pattern=[Fraction(1, 30), Fraction(1, 15), Fraction(1, 60), Fraction(1, 10)]),
+    "vfr.mov": dict(num_frames=60, time_base=Fraction(1, 90000), **LOSSLESS_RGB,
+                    vfr_pattern=[Fraction(n, 1000) for n in (37, 12, 85, 33, 61, 20, 104, 9, 45)]),
+    "start2.1s.mkv": dict(num_frames=50, start_s=Fraction(21, 10)),
+    "audio_first.mkv": dict(num_frames=50, start_s=Fraction(1, 2), audio_from_s=0),
+    "bframes_vfr.mp4": dict(num_frames=70, codec="libx264", size=(128, 96), time_base=Fraction(1, 90000),
+                            vfr_pattern=[Fraction(1, 30), Fraction(1, 20), Fraction(1, 50)]),
+}
+# First grid frames `ffmpeg -i video -r 30` (FFmpeg 5.1) extracts from some VIDEOS.
+FFMPEG_5_1_GRID_STARTS = {
+    "cfr24.mkv": [0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 10, 10, 11, 12, 13, 14, 15, 15],
+    "cfr60.mov": [0, 1, 2, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23],
+    "vfr.mkv": [0, 1, 2, 2, 3, 3, 4, 4, 5, 6, 6, 7, 8, 8, 9, 10, 10, 11, 11, 12],
+    "start2.1s.mkv": list(range(20)),
+    "audio_first.mkv": [0] * 16 + [1, 2, 3, 4],
+}
+
+
+def grid_indices(path, **kwargs):
+    with VideoReader(path, **kwargs) as reader:
+        return [read_index(frame.rgb()) for frame in reader.grid_frames()]
+
+
+def pyslowfast_clip(center, num_frames, sampling_rate, num_grid_frames):
+    """PySlowFast's AVA test clip: frame list positions for a keyframe at grid index ``center``."""
+    half = num_frames * sampling_rate // 2
+    return [min(max(i, 0), num_grid_frames - 1) for i in range(center - half, center + half, sampling_rate)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    for name, arguments in VIDEOS.items():
+        write_index_video(folder / name, **arguments)
+    return folder
+
+
+def test_index_codes_survive_resizing():
+    for index in (0, 1, 255, 4097, 65535):
+        image = index_image(index, 64, 48)
+        assert read_index(image) == index
+        assert read_index(np.repeat(np.repeat(image, 3, axis=0), 2, axis=1)) == index
+
+
+@pytest.mark.parametrize("name", sorted(FFMPEG_5_1_GRID_STARTS))
+def test_grid_matches_recorded_ffmpeg_frames(videos, name):
+    expected = FFMPEG_5_1_GRID_STARTS[name]
+    assert grid_indices(videos / name)[:len(expected)] == expected
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", sorted(VIDEOS))
+def test_grid_and_clips_match_ffmpeg_extraction(videos, name):
+    path = videos / name
+    extracted = ffmpeg_grid_indices(path)
+    assert grid_indices(path) == extracted
+    keyframes = [0, Fraction(1, 2), 1]
+    clips = list(iter_clips(path, keyframes, num_frames=8, sampling_rate=3))
+    assert [clip.keyframe_s for clip in clips] == keyframes
+    for clip, keyframe in zip(clips, keyframes):
+        positions = pyslowfast_clip(int(keyframe * 30), 8, 3, len(extracted))
+        assert clip.frame_indices == positions
+        assert [read_index(frame) for frame in clip.frames] == [extracted[i] for i in positions]
+        assert read_index(clip.keyframe_image) == extracted[int(keyframe * 30)]
+
+
+def test_constant_30fps_is_the_identity_and_clips_are_exact(tmp_path):
+    path = tmp_path / "cfr30.mov"
+    write_index_video(path, 100, **LOSSLESS_RGB)
+    assert grid_indices(path) == list(range(100))
+    clips = list(iter_clips(path, None, num_frames=8, sampling_rate=4))
+    assert [clip.keyframe_s for clip in clips] == [0, 1, 2, 3]  # 3.3 s: whole seconds whose frame exists
+    for clip in clips:
+        positions = pyslowfast_clip(clip.center_index, 8, 4, 100)
+        np.testing.assert_array_equal(clip.frames, np.stack([index_image(i) for i in positions]))
+        np.testing.assert_array_equal(clip.keyframe_image, index_image(clip.center_index))
+        assert clip.frames.dtype == np.uint8 and clip.frames.shape == (8, 48, 64, 3)
+    assert clips[1].keyframe_pts_time == 1 and clips[1].keyframe_pts == 30 * 1000
+
+
+def test_nonzero_start_and_audio_first_define_grid_time(videos):
+    start_clip, = iter_clips(videos / "start2.1s.mkv", [1], num_frames=4, sampling_rate=2)
+    assert read_index(start_clip.keyframe_image) == 30  # time 0 = the first frame (file start 2.1 s)
+    assert start_clip.keyframe_pts_time == Fraction(3100, 1000)
+    audio_clip, = iter_clips(videos / "audio_first.mkv", [1], num_frames=4, sampling_rate=2)
+    assert read_index(audio_clip.keyframe_image) == 15  # time 0 = the audio's start, 0.5 s before video
+
+
+def test_raw_stream_without_timestamps_is_timed_at_its_frame_rate(tmp_path):
+    path = tmp_path / "raw.h264"  # an H.264 elementary stream: no container, no timestamps, 25 fps assumed
+    write_index_video(path, 40, fps=25, codec="libx264", size=(128, 96))
+    assert grid_indices(path)[:20] == [0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 13, 14, 15, 16]
+
+
+def test_metadata(videos):
+    with VideoReader(videos / "ntsc.mov") as reader:
+        meta = reader.metadata
+    assert meta.fps == Fraction(30000, 1001) and meta.grid_fps == 30
+    assert (meta.width, meta.height, meta.rotation, meta.codec) == (64, 48, 0, "png")
+    assert meta.duration_s == pytest.approx(120 * 1001 / 30000)
+    assert meta.num_grid_frames == 120
+    assert meta.decoder.startswith("PyAV ") and "libavcodec" in meta.decoder
+    assert meta.as_dict()["fps"] == "30000/1001"
+
+
+@pytest.mark.parametrize("display_rotation, clockwise, turns", [(-90, 90, -1), (90, 270, 1), (180, 180, 2)])
+def test_rotated_video_comes_out_upright(tmp_path, display_rotation, clockwise, turns):
+    path = tmp_path / "phone.mov"
+    write_index_video(path, 70, rotation=display_rotation, **LOSSLESS_RGB)
+    with VideoReader(path) as reader:
+        assert reader.metadata.rotation == clockwise
+        assert (reader.metadata.width, reader.metadata.height) == ((64, 48) if turns == 2 else (48, 64))
+    clip, = iter_clips(path, [1], num_frames=4, sampling_rate=2)
+    np.testing.assert_array_equal(clip.keyframe_image, np.rot90(index_image(30), turns))
+    if ffmpeg_available():  # ffmpeg's autorotation gives the same upright image
+        out = tmp_path / "ffmpeg_%03d.png"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-r", "30", str(out)], check=True)
+        upright = cv2.cvtColor(cv2.imread(str(tmp_path / "ffmpeg_031.png")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(clip.keyframe_image, upright)
+
+
+def test_ring_stays_bounded(tmp_path):
+    path = tmp_path / "long.mkv"
+    write_index_video(path, 300, size=(32, 24))
+
+    def decoded_frames_alive():
+        return sum(type(obj) is _SourceFrame for obj in gc.get_objects())
+
+    gc.collect()
+    before = decoded_frames_alive()
+    live = [decoded_frames_alive() - before for _ in iter_clips(path, None, num_frames=4, sampling_rate=4)]
+    assert len(live) == 10
+    assert 0 < max(live) <= 4 * 4  # at most one clip span of grid frames, whatever the video's length
+
+
+def test_edge_clips_repeat_edge_frames_and_late_keyframes_are_reported(tmp_path):
+    path = tmp_path / "short.mov"
+    write_index_video(path, 45, **LOSSLESS_RGB)  # grid frames 0..44
+    clips = []
+    with pytest.raises(VideoTruncatedError) as caught:
+        for clip in iter_clips(path, [0, Fraction(3, 2), 9], num_frames=8, sampling_rate=4):
+            clips.append(clip)
+    assert [read_index(f) for f in clips[0].frames] == [0, 0, 0, 0, 0, 4, 8, 12]
+    assert [read_index(f) for f in clips[1].frames] == [29, 33, 37, 41, 44, 44, 44, 44]
+    assert caught.value.produced == [0, Fraction(3, 2)] and caught.value.lost == [9]
+    assert str(path) in str(caught.value) and "outside the video" in str(caught.value)
+
+
+def test_frames_converted_ahead_are_exactly_those_clips_use():
+    centres, num_frames, sampling_rate, length = [5, 30, 31, 75, 200], 8, 3, 240
+    used = {i for c in centres for i in pyslowfast_clip(c, num_frames, sampling_rate, 10 ** 6)} | set(centres)
+    half = num_frames * sampling_rate // 2
+    needed = _NeededFrames(centres, range(-half, half, sampling_rate))
+    assert [i for i in range(length) if needed(i)] == sorted(used)
+
+
+def test_reader_checks_its_arguments(videos):
+    with VideoReader(videos / "cfr24.mkv") as reader:
+        with pytest.raises(ValueError, match="grid fps"):
+            next(iter_clips(reader, [1], fps=25))
+        list(reader.grid_frames())
+        with pytest.raises(RuntimeError, match="once"):
+            next(reader.grid_frames())
+    with VideoReader(videos / "cfr24.mkv", ring_frames=10) as reader:
+        with pytest.raises(ValueError, match="ring_frames"):
+            next(iter_clips(reader, [1], num_frames=8, sampling_rate=2))
+
+
+def test_keyframe_schedules():
+    ava = keyframe_schedule("902:1798", 1801.0)
+    assert len(ava) == 897 and ava[0] == 902 and ava[-1] == 1798
+    assert keyframe_schedule("0:10:2.5", 20) == [0, Fraction(5, 2), 5, Fraction(15, 2), 10]
+    assert keyframe_schedule("1/2:2", 20) == [Fraction(1, 2), Fraction(3, 2)]
+    assert keyframe_schedule(None, 3.5) == [0, 1, 2, 3]
+    assert keyframe_schedule(None, 3.0) == [0, 1, 2]
+    assert keyframe_schedule([5, 2, 2, Fraction(1, 2)], 9) == [Fraction(1, 2), 2, 5]
+    assert keyframes_from_boxes([("v", 903, 0.1), ("v", 902, 0.2), ("v", 903, 0.3)]) == [902, 903]
+    for bad in ("902", "a:b", "5:1", "0:10:0", "1:2:3:4"):
+        with pytest.raises(ValueError, match="keyframes"):
+            keyframe_schedule(bad, 10)
+
+
+# --- bad files -----------------------------------------------------------------------------------------------
+
+def _corrupt(data, start_fraction, seed=0):
+    data = bytearray(data)
+    start = int(len(data) * start_fraction)
+    data[start:] = np.random.default_rng(seed).integers(0, 256, len(data) - start, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def good_mkv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad") / "good.mkv"
+    write_index_video(path, 150)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("empty", "empty"),
+    ("random", "not a readable video container"),
+    ("truncated_mp4", "not a readable video container"),
+    ("audio_only", "no video stream"),
+    ("unsupported_codec", "unsupported video codec"),
+    ("too_short", "shorter than one clip"),
+])
+def test_unusable_files_raise_video_decode_error(tmp_path, good_mkv, case, message):
+    path = tmp_path / f"{case}.mkv"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "random":
+        path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif case == "truncated_mp4":  # index (moov) at the end: cut off
+        path = tmp_path / "truncated.mp4"
+        write_index_video(path, 60, codec="libx264", size=(128, 96))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "audio_only":
+        import av
+        path = tmp_path / "audio.wav"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            frame.sample_rate = 8000
+            for packet in list(stream.encode(frame)) + list(stream.encode()):
+                container.mux(packet)
+    elif case == "unsupported_codec":
+        path.write_bytes(good_mkv.read_bytes().replace(b"V_FFV1", b"V_ZZZZ"))
+    elif case == "too_short":
+        write_index_video(path, 40)
+    with pytest.raises(VideoDecodeError, match=message) as caught:
+        list(iter_clips(path, None, num_frames=32, sampling_rate=2))
+    assert str(path) in str(caught.value)
+    assert not isinstance(caught.value, VideoTruncatedError)
+
+
+@pytest.mark.parametrize("damage", ["cut_in_half", "random_tail"])
+def test_damaged_tail_yields_keyframes_before_the_damage(tmp_path, good_mkv, damage):
+    path = tmp_path / f"{damage}.mkv"
+    data = good_mkv.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "cut_in_half" else _corrupt(data, 0.6))
+    produced = []
+    with pytest.raises(VideoTruncatedError) as caught:
+        for clip in iter_clips(path, None, num_frames=8, sampling_rate=2):
+            produced.append(clip.keyframe_s)
+            assert [read_index(f) for f in clip.frames] == pyslowfast_clip(clip.center_index, 8, 2, 150)
+    error = caught.value
+    assert produced == error.produced and len(produced) >= 1
+    assert error.lost == [s for s in range(5) if s not in produced]  # the header promises 5 s
+    assert str(path) in str(error) and "truncated" in str(error)
+
+
+def test_decode_error_midway_is_reported(tmp_path):
+    path = tmp_path / "broken.mp4"
+    write_index_video(path, 150, codec="libx264", size=(128, 96))
+    data = bytearray(path.read_bytes())
+    index_at = data.find(b"moov")  # keep the index, scramble the second half of the frame data
+    data[index_at // 2: index_at - 16] = _corrupt(bytes(data[index_at // 2: index_at - 16]), 0)
+    path.write_bytes(bytes(data))
+    with pytest.raises(VideoTruncatedError, match="decoding stopped early") as caught:
+        list(iter_clips(path, [0, 1, 2, 3, 4], num_frames=8, sampling_rate=2))
+    assert caught.value.produced and caught.value.lost
+    assert caught.value.produced + caught.value.lost == [0, 1, 2, 3, 4]

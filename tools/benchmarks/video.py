@@ -1,0 +1,156 @@
+"""Video input: decode-and-sample throughput against bare PyAV decoding, and peak RSS against video length.
+
+Writes synthetic H.264 videos (default 1280x720, 30 fps, 1 and 10 minutes; kept in --workdir for reuse),
+then, on the shortest one and in this run: a bare sequential PyAV decode (frames left in YUV), the same with
+every frame converted to an RGB array, and ava_pipeline's iter_clips (every second a keyframe, 32x2 clips,
+consumed as produced: each clip's frames converted to RGB, not stacked into a copy). Throughput is reported
+as a ratio to the bare decode (goal >= 0.8), in wall time and in CPU time of all threads (the wall ratio
+needs spare cores: iter_clips converts frames in worker threads while the decoder runs). Peak RSS of
+iter_clips is measured in a fresh process per video (goal: the 1- and 10-minute videos differ by < 100 MB).
+"""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import machine_line
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(parser):
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0],
+                        help="video lengths in minutes (throughput uses the first; default: 1 10)")
+    parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the synthetic videos (default 1280x720)")
+    parser.add_argument("--fps", type=int, default=30, help="frame rate of the synthetic videos (default 30)")
+    parser.add_argument("--num-frames", type=int, default=32, help="clip length T (default 32)")
+    parser.add_argument("--sampling-rate", type=int, default=2, help="clip frame stride tau (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest counts")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the synthetic videos (reused when present; default: a temporary folder)")
+
+
+def write_synthetic_video(path: Path, seconds: float, width: int, height: int, fps: int) -> None:
+    """H.264 (yuv420p) video of a smooth texture panning 3 pixels per frame (about 1-2 MB per 720p minute)."""
+    import av
+    import cv2
+    import numpy as np
+
+    coarse = np.random.default_rng(0).integers(0, 256, (height // 32 + 2, width // 32 + 3, 3), dtype=np.uint8)
+    texture = cv2.resize(coarse, (coarse.shape[1] * 32, coarse.shape[0] * 32), interpolation=cv2.INTER_CUBIC)
+    partial = path.with_suffix(".part.mp4")
+    with av.open(str(partial), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(int(round(seconds * fps))):
+            shift = (index * 3) % 64
+            image = np.ascontiguousarray(texture[:height, shift:shift + width])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    partial.rename(path)
+
+
+def _bare_decode(path: Path, to_rgb: bool) -> int:
+    import av
+
+    count = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if to_rgb:
+                frame.to_ndarray(format="rgb24")
+            count += 1
+    return count
+
+
+def _iter_clips(path: Path, num_frames: int, sampling_rate: int) -> int:
+    from ava_pipeline.video import iter_clips
+
+    return sum(1 for _ in iter_clips(path, None, num_frames=num_frames, sampling_rate=sampling_rate))
+
+
+def _best_seconds(methods: dict, repeats: int) -> dict:
+    """Fastest (wall, CPU of all threads) seconds of each method; the methods take turns, so that load
+    changes hit all alike."""
+    best = {name: (float("inf"), float("inf")) for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
+
+
+# The child reads its own peak from /proc (VmHWM): ru_maxrss would carry the parent's peak over fork + exec.
+_CHILD = """
+import json, resource, sys
+sys.path.insert(0, {root!r})
+from ava_pipeline.video import iter_clips
+clips = sum(1 for _ in iter_clips({path!r}, None, num_frames={T}, sampling_rate={tau}))
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"clips": clips, "peak_rss_mb": peak}}))
+"""
+
+
+def _peak_rss_of_iter_clips(path: Path, num_frames: int, sampling_rate: int) -> dict:
+    code = _CHILD.format(root=str(REPO_ROOT), path=str(path), T=num_frames, tau=sampling_rate)
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(args):
+    sys.path.insert(0, str(REPO_ROOT))
+    from ava_pipeline.video import decoder_version
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    print(machine_line())
+    print(f"decoder: {decoder_version()}")
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        videos = []
+        for minutes in args.minutes:
+            path = workdir / f"synthetic_{width}x{height}_{args.fps}fps_{minutes:g}min.mp4"
+            if not path.exists():
+                start = time.perf_counter()
+                write_synthetic_video(path, minutes * 60, width, height, args.fps)
+                print(f"wrote {path.name} in {time.perf_counter() - start:.1f} s")
+            videos.append((minutes, path))
+
+        minutes, path = videos[0]
+        frames = int(round(minutes * 60 * args.fps))
+        best = _best_seconds({
+            "bare": lambda: _bare_decode(path, to_rgb=False),
+            "bare_rgb": lambda: _bare_decode(path, to_rgb=True),
+            "ours": lambda: _iter_clips(path, args.num_frames, args.sampling_rate),
+        }, args.repeats)
+        keyframes = _iter_clips(path, args.num_frames, args.sampling_rate)
+        print(f"\nthroughput on {path.name} ({frames} frames, best of {args.repeats}, methods interleaved):")
+        print(f"  {'':42s} {'frames/s':>9s} {'wall ratio':>11s} {'CPU s':>7s}")
+        rows = [("bare PyAV decode (YUV frames)", "bare"), ("bare PyAV decode + RGB every frame", "bare_rgb"),
+                (f"iter_clips ({keyframes} keyframes, {args.num_frames}x{args.sampling_rate} clips)", "ours")]
+        for label, name in rows:
+            wall, cpu = best[name]
+            print(f"  {label:42s} {frames / wall:9.1f} {best['bare'][0] / wall:11.2f} {cpu:7.2f}")
+        print(f"  iter_clips / bare decode: wall ratio {best['bare'][0] / best['ours'][0]:.2f} (goal >= 0.8), "
+              f"CPU ratio {best['bare'][1] / best['ours'][1]:.2f}; / decode + RGB: wall ratio "
+              f"{best['bare_rgb'][0] / best['ours'][0]:.2f}")
+
+        print("\npeak RSS of iter_clips (fresh process per video):")
+        peaks = []
+        for minutes, path in videos:
+            record = _peak_rss_of_iter_clips(path, args.num_frames, args.sampling_rate)
+            peaks.append(record["peak_rss_mb"])
+            print(f"  {minutes:g} min: {record['peak_rss_mb']:8.1f} MB ({record['clips']} clips)")
+        if len(peaks) > 1:
+            print(f"  difference longest - shortest: {peaks[-1] - peaks[0]:.1f} MB (goal < 100 MB)")
