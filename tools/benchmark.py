@@ -22,16 +22,18 @@ SUBCOMMANDS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in SUBCOMMANDS.items():
-        module = importlib.import_module(f"benchmarks.{name}")
-        sub = commands.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
-    args = parser.parse_args(argv)
-    args.run(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        listing = "\n".join(f"  {name:9s} {text}" for name, text in SUBCOMMANDS.items())
+        print(f"usage: benchmark.py {{{','.join(SUBCOMMANDS)}}} [options]\n\n{listing}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    name = argv[0]
+    module = importlib.import_module(f"benchmarks.{name}")  # only the chosen one: each has its own dependencies
+    parser = argparse.ArgumentParser(prog=f"benchmark.py {name}", description=module.__doc__)
+    module.add_arguments(parser)
+    module.run(parser.parse_args(argv[1:]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

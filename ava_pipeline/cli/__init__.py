@@ -1,0 +1,1 @@
+"""Console entry points: ``ava-detect`` (detect.py) and ``ava-eval`` (evaluate.py)."""

@@ -1,0 +1,34 @@
+"""Tiny helpers shared by the console entry points."""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+from ..errors import AvaPipelineError
+
+USAGE_ERROR = 2
+"""Exit status for a bad command line or unusable input (argparse uses it too)."""
+
+
+def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:
+    """Run ``body()`` and return its exit status; a package error becomes one ``PROG: error: MESSAGE`` line on
+    stderr and status 2, any other exception one ``internal error`` line and status 1. ``debug`` re-raises
+    instead, so the traceback shows."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except AvaPipelineError as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a readable line
+        if debug:
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno}); "
+              f"rerun with --debug for the traceback and report it", file=sys.stderr)
+        return 1

@@ -1,0 +1,158 @@
+"""ava-eval: AVA frame-mAP@0.5IoU exactly as the official ActivityNet evaluator computes it, in seconds.
+
+    ava-eval --gt ava_val_v2.2.csv --det detections.csv \\
+             --exclusions ava_val_excluded_timestamps_v2.2.csv [--labelmap PBTXT] [--protocol P] \\
+             [--json OUT.json] [--plot OUT.png]
+    ava-eval persons --gt ava_val_v2.2.csv --det person_boxes.csv [--json OUT.json]
+
+Prints the mAP and a per-class table (name, AP, ground-truth count). ``--json`` writes the official keys
+(``PascalBoxes_Precision/mAP@0.5IOU``, ``PascalBoxes_PerformanceByCategory/AP@0.5IOU/<name>``; NaN as null).
+The ``persons`` subcommand scores person boxes against the ground-truth boxes (COCO AP and AP50).
+
+Exit status: 0 done, 2 usage or input error (one line on stderr naming file and line; ``--debug`` shows the
+traceback), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import InputFormatError
+from .common import run_cli
+
+PROG = "ava-eval"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..evaluation.frame_map import TIE_ORDERS
+    from ..evaluation.protocols import PROTOCOLS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gt", required=True, metavar="GT.csv", help="ground-truth CSV (e.g. ava_val_v2.2.csv)")
+    parser.add_argument("--det", required=True, metavar="DET.csv",
+                        help="detections CSV: video_id,timestamp,x1,y1,x2,y2,action_id,score")
+    parser.add_argument("--labelmap", default="v2.2-eval", metavar="PBTXT",
+                        help="label map of the evaluated classes: a pbtxt path or a packaged name "
+                             "(v2.2-eval [default, 60 classes], v2.1-eval, v2.2 [all 80])")
+    parser.add_argument("--exclusions", metavar="CSV",
+                        help="excluded timestamps (ava_val_excluded_timestamps_v2.2.csv); not for activitynet2020")
+    parser.add_argument("--protocol", default="activitynet2019", choices=list(PROTOCOLS),
+                        help="; ".join(f"{name}: {p.summary}" for name, p in PROTOCOLS.items())
+                        + " (default activitynet2019)")
+    parser.add_argument("--tie-order", default="numpy1", choices=TIE_ORDERS,
+                        help="rank of equal scores: numpy1 = the official numpy<1.24 argsort order (default, "
+                             "exact); stable = stable sort (image order), a documented alternative")
+    parser.add_argument("--json", metavar="OUT", help="write the official-style metrics dict as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="write a per-class AP bar chart")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def build_persons_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} persons",
+        description="Person-detector quality against AVA ground-truth boxes: COCO AP (IoU 0.5:0.95) and AP50, "
+                    "one image per (video, timestamp), boxes scaled to a notional 1000x1000 image.")
+    parser.add_argument("--gt", required=True, metavar="GT.csv", help="AVA ground-truth CSV")
+    parser.add_argument("--det", required=True, metavar="BOXES.csv",
+                        help="person boxes: video_id,timestamp,x1,y1,x2,y2[,label][,score] (score default 1.0)")
+    parser.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of ``ava-eval``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["persons"]:
+        args = build_persons_parser().parse_args(argv[1:])
+        return run_cli(lambda: _persons(args), PROG, args.debug)
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _frame_map(args), PROG, args.debug)
+
+
+def _frame_map(args) -> int:
+    from ..evaluation import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate(args.gt, args.det, args.labelmap, exclusions=args.exclusions, protocol=args.protocol,
+                          tie_order=args.tie_order)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(format_table(result))
+    if args.json:
+        _write_json(args.json, {k: _json_number(v) for k, v in result.to_official_dict().items()})
+    if args.plot:
+        plot_per_class(result, args.plot)
+    return 0
+
+
+def _persons(args) -> int:
+    from ..evaluation.persons import person_detection_ap
+
+    metrics = person_detection_ap(args.gt, args.det)
+    print(f"person boxes: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
+          f"({metrics['images']} keyframes, {metrics['gt_boxes']} ground-truth boxes, "
+          f"{metrics['detections']} detections)")
+    if args.json:
+        _write_json(args.json, metrics)
+    return 0
+
+
+def format_table(result) -> str:
+    """mAP line, then one line per label-map class: id, name, AP (``-`` without ground truth), GT count."""
+    width = max((len(n) for n in result.names.values()), default=4)
+    lines = [f"mAP@0.5IoU: {result.mAP:.6f}  (protocol {result.protocol}, tie order {result.tie_order}, "
+             f"{sum(not math.isnan(a) for a in result.per_class.values())} classes with ground truth)",
+             f"{'id':>3}  {'class':<{width}}  {'AP':>8}  {'#gt':>7}"]
+    for action_id, ap in result.per_class.items():
+        shown = "-" if math.isnan(ap) else f"{ap:.6f}"
+        lines.append(f"{action_id:>3}  {result.names[action_id]:<{width}}  {shown:>8}  "
+                     f"{result.gt_counts[action_id]:>7}")
+    return "\n".join(lines)
+
+
+def plot_per_class(result, path) -> None:
+    """Horizontal bar chart of per-class AP (classes with ground truth), written with matplotlib's Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(i, ap) for i, ap in result.per_class.items() if not math.isnan(ap)]
+    figure, axes = plt.subplots(figsize=(8, 0.22 * max(len(items), 1) + 1.2))
+    axes.barh([f"{result.names[i]} ({i})" for i, _ in items], [ap for _, ap in items], color="tab:blue")
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("AP@0.5IoU")
+    axes.axvline(result.mAP, color="tab:red", linestyle="--", label=f"mAP {result.mAP:.4f}")
+    axes.legend(loc="lower right")
+    axes.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=100)
+    except OSError as exc:
+        raise InputFormatError(f"{path}: cannot write the plot ({exc})") from None
+    finally:
+        plt.close(figure)
+
+
+def _json_number(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _write_json(path, payload) -> None:
+    try:
+        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputFormatError(f"{path}: cannot write the JSON output ({exc})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
