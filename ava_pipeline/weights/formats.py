@@ -1,0 +1,159 @@
+"""Reading checkpoint files safely, whatever their extension says.
+
+The format is detected from the file's first bytes, never from its name (PySlowFast's released ``.pkl`` files
+are of two kinds):
+
+* ``torch-zip``: ``torch.save`` since PyTorch 1.6 (a zip archive, magic ``PK\\x03\\x04``);
+* ``torch-legacy``: older ``torch.save`` (a pickle whose first object is torch's magic number), e.g.
+  ``SLOWFAST_32x2_R101_50_50.pkl``;
+* ``caffe2``: a plain pickle of ``{"blobs": {name: numpy array}, ...}``, e.g. ``C2D_8x8_R50.pkl``.
+
+Torch files are read with ``torch.load(weights_only=True)``; Caffe2 pickles with an unpickler that can only
+rebuild numpy arrays and builtin containers. Neither can run code from the file. The state dict inside is
+unwrapped (``model_state``, ``state_dict``, ``model`` or bare) and its keys renamed to PySlowFast's
+(see ``keymaps``).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ava_pipeline.errors import WeightsError
+from ava_pipeline.weights.keymaps import (caffe2_to_pyslowfast, is_pytorchvideo_layout, pytorchvideo_to_pyslowfast,
+                                          rename_keys)
+
+log = logging.getLogger(__name__)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy format starts with PROTO 2 then LONG1 of 10 bytes holding 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+_WRAPPER_KEYS = ("model_state", "state_dict", "model")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read from disk: ``state_dict`` uses PySlowFast keys (float tensors on CPU)."""
+
+    state_dict: dict[str, torch.Tensor]
+    file_format: str  # "torch-zip" | "torch-legacy" | "caffe2"
+    layout: str  # "pyslowfast" | "caffe2" | "pytorchvideo"
+    dropped_keys: tuple[str, ...]  # entries of the file that are not model weights (solver state, ...)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and builtin containers, and nothing else."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+        ("collections", "OrderedDict"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("builtins", "bytearray"), ("builtins", "bytes"), ("builtins", "str"),
+        ("builtins", "int"), ("builtins", "float"), ("builtins", "complex"), ("builtins", "bool"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and builtin "
+                                         "containers are allowed in a Caffe2 checkpoint")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def detect_format(path: Path) -> str:
+    """``torch-zip``, ``torch-legacy`` or ``pickle`` (a Caffe2 candidate) from the first bytes of ``path``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read checkpoint ({exc.strerror or exc}); check the path") from exc
+    if head.startswith(_ZIP_MAGIC):
+        return "torch-zip"
+    if head == _LEGACY_TORCH_MAGIC:
+        return "torch-legacy"
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
+        return "pickle"
+    raise WeightsError(f"{path}: not a checkpoint this package can read (neither a torch.save file nor a Caffe2 "
+                       f"pickle; first bytes {head[:8]!r}); pass a PySlowFast .pyth/.pkl, Caffe2 .pkl or "
+                       "PyTorchVideo .pyth file")
+
+
+def _read_torch(path: Path, file_format: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refused to load: the file contains objects other than tensors and plain "
+                           f"data ({exc}); only load files from a source you trust, and convert them with "
+                           "tools/convert_checkpoint.py") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise WeightsError(f"{path}: cannot read {file_format} checkpoint, the file looks truncated or corrupt "
+                           f"({type(exc).__name__}: {exc}); download it again") from exc
+
+
+def _read_caffe2(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"{path}: refused to load this pickle: {exc}; it is not a Caffe2 checkpoint of numpy "
+                           "blobs and may try to run code") from exc
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+        raise WeightsError(f"{path}: cannot read pickle, the file looks truncated or corrupt "
+                           f"({type(exc).__name__}: {exc}); download it again") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("blobs"), dict):
+        raise WeightsError(f"{path}: a pickle without a 'blobs' dict is not a Caffe2 checkpoint; pass a PySlowFast "
+                           ".pyth/.pkl, Caffe2 .pkl or PyTorchVideo .pyth file")
+    return data["blobs"]
+
+
+def _unwrap(obj: Any, path: Path) -> dict:
+    """The state dict inside a checkpoint object (``model_state`` / ``state_dict`` / ``model`` / bare)."""
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise WeightsError(f"{path}: no model state dict found (looked for {', '.join(_WRAPPER_KEYS)} or a dict of "
+                       f"tensors; found {found}); is this a model checkpoint?")
+
+
+def _to_tensor(name: str, value: Any, path: Path) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise WeightsError(f"{path}: entry {name!r} is {type(value).__name__}, not a numeric array; the file is not "
+                       "a model checkpoint")
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read any supported checkpoint; returns its state dict under PySlowFast keys. Raises ``WeightsError``."""
+    path = Path(path)
+    file_format = detect_format(path)
+    if file_format == "pickle":
+        blobs = _read_caffe2(path)
+        state, dropped = rename_keys(blobs, caffe2_to_pyslowfast)
+        layout, file_format = "caffe2", "caffe2"
+    else:
+        state = _unwrap(_read_torch(path, file_format), path)
+        if is_pytorchvideo_layout(state):
+            state, dropped = rename_keys(state, pytorchvideo_to_pyslowfast)
+            layout = "pytorchvideo"
+        else:
+            dropped, layout = [], "pyslowfast"
+    tensors = {name: _to_tensor(name, value, path) for name, value in state.items()}
+    if not tensors:
+        raise WeightsError(f"{path}: the {layout} checkpoint holds no model weights; is this the right file?")
+    return Checkpoint(tensors, file_format, layout, tuple(dropped))
