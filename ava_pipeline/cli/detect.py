@@ -1,0 +1,301 @@
+"""ava-detect: AVA action detection for one video or folders of videos, written as AVA CSV or JSONL.
+
+One video file in: ``--out`` is the output file (or an existing folder to put ``<stem>.csv`` in). Several
+inputs or a folder (searched recursively): ``--out`` is a folder with one file per video, named after the
+video's path relative to its input folder, plus ``manifest.json`` (see :mod:`ava_pipeline.batch`).
+
+Exit status: 0 every video done, 1 some video failed (the others are written), 2 usage error (bad
+option, missing input, unusable model / weights / box file). Errors are one line; ``--debug`` shows the
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import AvaPipelineError
+from .common import USAGE_ERROR, run_cli
+
+PROG = "ava-detect"
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".qt", ".mpg", ".mpeg", ".m2v",
+                              ".ts", ".mts", ".m2ts", ".wmv", ".asf", ".flv", ".3gp", ".ogv", ".vob", ".y4m"})
+"""File suffixes (lower case) taken as videos when searching folders."""
+
+
+class UsageError(AvaPipelineError):
+    """The command line cannot be run as given (exit status 2)."""
+
+
+# ---------------------------------------------------------------------------------------------- validators
+
+def keyframes_spec(text: str) -> str:
+    """``START:END[:STEP]`` in seconds (END inclusive, STEP default 1; decimals or fractions like 1/2)."""
+    from ..video import keyframe_schedule
+
+    try:
+        keyframe_schedule(text, 0.0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line: ``ava-detect: error: <message> (see ava-detect --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                     epilog="Exit status: 0 all done, 1 some videos failed, 2 usage error.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files and/or folders of videos")
+    parser.add_argument("--out", required=True, type=Path, metavar="PATH",
+                        help="output file for one video, output folder for several")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", metavar="NAME", help="zoo model name (default: the best zoo model)")
+    model.add_argument("--config", metavar="YAML", help="model config: ours or PySlowFast's AVA YAML unchanged")
+    parser.add_argument("--weights", metavar="FILE", help="local checkpoint (.pyth/.pkl/.pt, PySlowFast, Caffe2 or "
+                        "PyTorchVideo layout) instead of the config's weights")
+    parser.add_argument("--detector", choices=("torchvision", "detectron2", "precomputed"),
+                        help="person detector (default torchvision; --boxes implies precomputed)")
+    parser.add_argument("--detector-model", metavar="NAME", help="model of the detector backend "
+                        "(torchvision: e.g. fasterrcnn_resnet50_fpn_v2; detectron2: config name or YAML)")
+    parser.add_argument("--detector-weights", metavar="FILE", help="local weights of the detector model "
+                        "(default: its COCO weights, downloaded once)")
+    parser.add_argument("--boxes", metavar="CSV", help="precomputed person boxes, AVA CSV "
+                        "(video_id,timestamp,x1,y1,x2,y2,[label],score); video_id is the video's file stem")
+    parser.add_argument("--box-thresh", type=probability, metavar="F",
+                        help="drop person boxes scored below F (default: the model's threshold)")
+    parser.add_argument("--keyframes", type=keyframes_spec, metavar="START:END[:STEP]",
+                        help="keyframe times in seconds, END inclusive (default: the box file's keyframes with "
+                        "--boxes, else every second where a full clip fits)")
+    parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                        help="keyframes per action-model forward pass (default 8)")
+    parser.add_argument("--format", dest="output_format", choices=("csv", "jsonl"), default="csv",
+                        help="csv: AVA rows per box and action; jsonl: one object per keyframe")
+    parser.add_argument("--min-score", type=probability, metavar="F", help="omit actions scored below F")
+    parser.add_argument("--render", type=Path, metavar="DIR",
+                        help="also write an annotated mp4 per video and a PNG per keyframe into DIR")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="several videos: local worker processes or a Ray cluster")
+    parser.add_argument("--workers", type=positive_int, metavar="N", help="parallel videos (default: engine's)")
+    parser.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------- video discovery
+
+def _is_under(path: Path, folder: Optional[Path]) -> bool:
+    return folder is not None and (path == folder or folder in path.parents)
+
+
+def find_videos(inputs: Sequence[str | Path], *, exclude: Sequence[Path] = ()) -> list[tuple[Path, str]]:
+    """Videos named by ``inputs`` as ``(absolute path, output name)``, in input order, folders sorted.
+
+    Folders are searched recursively for files with a :data:`VIDEO_EXTENSIONS` suffix (hidden files and
+    folders, and anything under ``exclude``, are skipped). The output name is the path relative to its input
+    folder without suffix (``season1/ep02``), or the file stem for files given directly; when two videos
+    would share a name, both keep their suffix (``clip.mp4``, ``clip.mkv``). Raises :class:`UsageError` for
+    a missing input or a folder without videos.
+    """
+    excluded = [Path(os.path.abspath(p)) for p in exclude]
+    found: list[tuple[Path, str, str]] = []  # (path, name without suffix, name with suffix)
+    for given in inputs:
+        root = Path(os.path.abspath(given))
+        if root.is_file():
+            found.append((root, root.stem, root.name))
+        elif root.is_dir():
+            videos = []
+            for current, folders, files in os.walk(root):
+                folders[:] = sorted(f for f in folders if not f.startswith(".")
+                                    and not any(_is_under(Path(current) / f, e) for e in excluded))
+                for name in sorted(files):
+                    path = Path(current) / name
+                    if not name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS:
+                        relative = path.relative_to(root)
+                        videos.append((path, relative.with_suffix("").as_posix(), relative.as_posix()))
+            if not videos:
+                raise UsageError(f"{given}: no video files found in this folder (looked for "
+                                 f"{', '.join(sorted(VIDEO_EXTENSIONS))})")
+            found.extend(videos)
+        else:
+            raise UsageError(f"{given}: no such file or folder")
+    unique, seen = [], set()
+    for item in found:  # a video named twice (file and its folder) is processed once
+        if item[0] not in seen:
+            seen.add(item[0])
+            unique.append(item)
+    stems = Counter(name for _, name, _ in unique)
+    named = [(path, name if stems[name] == 1 else full) for path, name, full in unique]
+    clashes = [name for name, count in Counter(name for _, name in named).items() if count > 1]
+    if clashes:
+        raise UsageError(f"several inputs would write the same output {clashes[0]!r}; "
+                         "rename one or process them separately")
+    return named
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+def detector_settings(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`ava_pipeline.ActionDetector` from the command line."""
+    options = {key: value for key, value in (("model", args.detector_model), ("weights", args.detector_weights))
+               if value is not None}
+    return dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
+                boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
+                batch_size=args.batch_size, keyframes=args.keyframes)
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    if args.boxes is not None and args.detector not in (None, "precomputed"):
+        raise UsageError(f"--boxes {args.boxes} gives precomputed boxes but --detector is {args.detector}; "
+                         "drop one of them")
+    if args.detector == "precomputed" and args.boxes is None:
+        raise UsageError("--detector precomputed needs --boxes CSV")
+    if args.boxes is not None and not Path(args.boxes).is_file():
+        raise UsageError(f"{args.boxes}: box file not found")
+    for option, path in (("--weights", args.weights), ("--detector-weights", args.detector_weights)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{option} {path}: file not found")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def _show_progress(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _summary_line(done: int, failed: int, skipped: int, keyframes: int, persons: int, seconds: float) -> str:
+    per_keyframe = f"{seconds / keyframes:.3f} s/keyframe" if keyframes else "no keyframes"
+    skipped_text = f", {skipped} skipped (already done)" if skipped else ""
+    return (f"{PROG}: {done} video(s) done, {failed} failed{skipped_text}; {keyframes} keyframes, "
+            f"{persons} persons, {seconds:.1f} s, {per_keyframe}")
+
+
+def _error_line(path: Path, exc: BaseException) -> str:
+    """``ava-detect: error: <message>`` on one line, naming ``path`` when the message does not."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if str(path) in message:
+        return f"{PROG}: error: {message}"
+    return f"{PROG}: error: {path}: {type(exc).__name__}: {message}"
+
+
+def _run_single(args, video: Path) -> int:
+    from ..pipeline import ActionDetector
+    from ..writers import OUTPUT_SUFFIXES, write_video_outputs
+
+    out = args.out
+    if out.is_dir():
+        out = out / f"{video.stem}{OUTPUT_SUFFIXES[args.output_format]}"
+    detector = ActionDetector(**detector_settings(args))  # a bad model / weights / box file: exit status 2
+    bar = None
+    if _show_progress(args):
+        from tqdm import tqdm
+
+        bar = tqdm(desc=video.name, unit="keyframe", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(result):
+        if bar is not None:
+            bar.total = result.num_keyframes
+            bar.update(1)
+
+    started = time.perf_counter()
+    stats, error = None, None
+    try:
+        stats = write_video_outputs(detector.stream(video), out, output_format=args.output_format,
+                                    min_score=args.min_score, render_dir=args.render, render_name=video.stem,
+                                    video_path=video, on_keyframe=advance)
+    except Exception as exc:  # the video failed: one line naming it, exit status 1
+        if args.debug:
+            raise
+        error = _error_line(video, exc)
+    finally:
+        if bar is not None:
+            bar.close()
+    if error is not None:
+        print(error, file=sys.stderr)
+    if not args.quiet:
+        print(_summary_line(int(error is None), int(error is not None), 0, stats.keyframes if stats else 0,
+                            stats.persons if stats else 0, time.perf_counter() - started), file=sys.stderr)
+    return 0 if error is None else 1
+
+
+def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
+    from ..batch import run_batch
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file; several videos need an output folder")
+    summary = run_batch(videos, args.out, detector_settings=detector_settings(args),
+                        output_format=args.output_format, min_score=args.min_score, render_dir=args.render,
+                        engine=args.engine, workers=args.workers, ray_address=args.ray_address, quiet=args.quiet)
+    if not args.quiet:
+        print(_summary_line(summary.done, summary.failed, summary.skipped, summary.keyframes, summary.persons,
+                            summary.seconds), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command line; returns the exit status. Raises :class:`UsageError` (or another
+    :class:`AvaPipelineError`) when nothing can be processed."""
+    _check_usage(args)
+    videos = find_videos(args.inputs, exclude=[p for p in (args.out, args.render) if p is not None])
+    if len(args.inputs) == 1 and Path(args.inputs[0]).is_file():
+        return _run_single(args, videos[0][0])
+    return _run_batch(args, videos)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point of ``ava-detect``; returns the exit status (see module docstring)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed on one line
+        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
+    return run_cli(lambda: run(args), PROG, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

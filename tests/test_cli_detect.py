@@ -1,0 +1,130 @@
+"""ava-detect: exit codes, one-line errors, output formats, rendering, video discovery."""
+import json
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from ava_pipeline.cli.detect import find_videos, main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pipeline import textured_frames, write_boxes, write_lossless_video, write_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model, a 3 s lossless video ``walk.mkv`` and its box file (persons at 1 s and 2 s)."""
+    folder = tmp_path_factory.mktemp("cli")
+    config, weights = write_tiny_model(folder / "model")
+    video = folder / "walk.mkv"
+    write_lossless_video(video, textured_frames(90))
+    boxes = folder / "boxes.csv"
+    write_boxes(boxes, [("walk", 1, "0.100", "0.150", "0.500", "0.950", 0.95),
+                        ("walk", 2, "0.400", "0.100", "0.900", "0.900", 0.90),
+                        ("walk", 2, "0.050", "0.050", "0.300", "0.600", 0.70)])
+    return {"folder": folder, "video": video, "model": ["--config", str(config), "--weights", str(weights)],
+            "boxes": boxes}
+
+
+def run(setup, *extra, video=None):
+    return main([str(video or setup["video"]), *setup["model"], "--boxes", str(setup["boxes"]), *extra])
+
+
+def test_single_video_writes_an_ava_csv(setup, tmp_path, capsys):
+    out = tmp_path / "walk.csv"
+    assert run(setup, "--out", str(out)) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert len(rows) == 3 * 80 and all(len(row) == 8 for row in rows)
+    assert {(row[0], row[1]) for row in rows} == {("walk", "1"), ("walk", "2")}
+    assert rows[0][2:6] == ["0.100", "0.150", "0.500", "0.950"] and rows[0][6] == "1"
+    assert all(len(row[7].split(".")[1]) >= 6 for row in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.csv"], "no temporary files left"
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 video(s) done, 0 failed" in summary and "2 keyframes, 3 persons" in summary
+
+
+def test_quiet_prints_nothing(setup, tmp_path, capsys):
+    assert run(setup, "--out", str(tmp_path / "a.csv"), "--quiet") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_min_score_prunes_and_jsonl_holds_one_object_per_keyframe(setup, tmp_path):
+    full, pruned, jsonl = tmp_path / "full.csv", tmp_path / "pruned.csv", tmp_path / "walk.jsonl"
+    assert run(setup, "--out", str(full), "--quiet") == 0
+    assert run(setup, "--out", str(pruned), "--min-score", "0.5", "--quiet") == 0
+    scores = [float(line.rsplit(",", 1)[1]) for line in full.read_text().splitlines()]
+    kept = [float(line.rsplit(",", 1)[1]) for line in pruned.read_text().splitlines()]
+    assert sorted(kept) == sorted(s for s in scores if s >= 0.5) and len(kept) < len(scores)
+
+    assert run(setup, "--out", str(jsonl), "--format", "jsonl", "--min-score", "0.5", "--quiet") == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["time"] for r in records] == [1, 2] and [len(r["persons"]) for r in records] == [1, 2]
+    assert (records[0]["width"], records[0]["height"], records[0]["pts_time"]) == (80, 60, 1.0)
+    person = records[1]["persons"][0]
+    assert person["box"] == [0.4, 0.1, 0.9, 0.9] and person["box_px"] == [32.0, 6.0, 72.0, 54.0]
+    assert person["detector_score"] == pytest.approx(0.9)
+    action_scores = [a["score"] for a in person["actions"]]
+    assert action_scores == sorted(action_scores, reverse=True) and all(s >= 0.5 for s in action_scores)
+    assert sum(len(p["actions"]) for r in records for p in r["persons"]) == len(kept)
+
+
+def test_render_writes_a_video_with_the_source_frame_count(setup, tmp_path):
+    render = tmp_path / "render"
+    assert run(setup, "--out", str(tmp_path / "walk.csv"), "--render", str(render), "--quiet") == 0
+    with av.open(str(render / "walk.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 90
+    assert sorted(p.name for p in (render / "walk_keyframes").iterdir()) == ["walk_00001.png", "walk_00002.png"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--box-thresh", "2"], "--box-thresh: 2 is outside [0, 1]"),
+    (["--keyframes", "5:1"], "need 0 <= START <= END"),
+    (["--device", "gpu"], "'gpu' is not a device"),
+    (["--batch-size", "0"], "0 must be at least 1"),
+    (["--detector", "torchvision"], "drop one of them"),
+])
+def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, arguments, message):
+    assert run(setup, "--out", str(tmp_path / "x.csv"), *arguments) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ava-detect: error:") and message in err[0]
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_missing_input_and_unknown_config_exit_2(setup, tmp_path, capsys):
+    assert main([str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"ava-detect: error: {tmp_path / 'nope.mp4'}: no such file or folder"
+    assert main([str(setup["video"]), "--out", str(tmp_path / "x.csv"), "--config", "NO_SUCH_MODEL",
+                 "--boxes", str(setup["boxes"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NO_SUCH_MODEL" in err[0]
+
+
+def test_corrupt_video_fails_with_one_line_naming_it(setup, tmp_path, capsys):
+    broken = tmp_path / "walk.mkv"
+    broken.write_bytes(setup["video"].read_bytes()[:600])
+    out = tmp_path / "walk.csv"
+    assert run(setup, "--out", str(out), video=broken) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("ava-detect: error:") and str(broken) in err[0]
+    assert "0 video(s) done, 1 failed" in err[-1] and len(err) == 2
+    assert not out.exists()
+
+
+def test_debug_shows_the_exception(setup, tmp_path):
+    broken = tmp_path / "walk.mkv"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(Exception, match="walk.mkv"):
+        run(setup, "--out", str(tmp_path / "x.csv"), "--debug", video=broken)
+
+
+def test_find_videos_searches_folders_recursively(tmp_path):
+    for name in ("b.mp4", "a.MKV", "sub/c.mov", "sub/notes.txt", ".hidden/d.mp4", "out/e.mp4", "x/clip.mp4",
+                 "x/clip.webm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = find_videos([tmp_path], exclude=[tmp_path / "out"])
+    assert [name for _, name in found] == ["a", "b", "sub/c", "x/clip.mp4", "x/clip.webm"]
+    assert all(path.is_absolute() for path, _ in found)
+    assert find_videos([tmp_path / "b.mp4", tmp_path / "sub"]) == [(tmp_path / "b.mp4", "b"),
+                                                                    (tmp_path / "sub" / "c.mov", "c")]
