@@ -139,6 +139,22 @@ def test_stream_skips_keyframes_without_persons_and_batches_the_rest(tiny, movie
         np.testing.assert_allclose(batched.probs, single.probs, atol=2e-6)
 
 
+def test_fast_inference_path_matches_the_eager_model(tiny, movie, boxes_csv):
+    fast = list(make_detector(tiny, boxes_csv).stream(movie[0]))
+    eager = list(make_detector(tiny, boxes_csv, fast=False).stream(movie[0]))
+    assert [r.timestamp for r in fast] == [r.timestamp for r in eager]
+    for a, b in zip(fast, eager):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+
+
+def test_precision_is_validated_and_fingerprinted(tiny, boxes_csv):
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        make_detector(tiny, boxes_csv, precision="fp8")
+    with pytest.raises(ConfigError, match="drop fast=False"):
+        make_detector(tiny, boxes_csv, precision="bf16", fast=False)
+    assert make_detector(tiny, boxes_csv).fingerprint()["settings"]["precision"] == "fp32"
+
+
 def test_call_returns_the_csv_columns(tiny, movie, boxes_csv):
     frame = make_detector(tiny, boxes_csv)(movie[0], min_score=0.0)
     assert list(frame.columns) == ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score"]

@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                         help="keyframes per action-model forward pass (default 8)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
     parser.add_argument("--format", dest="output_format", choices=("csv", "jsonl"), default="csv",
                         help="csv: AVA rows per box and action; jsonl: one object per keyframe")
     parser.add_argument("--min-score", type=probability, metavar="F", help="omit actions scored below F")
@@ -181,7 +183,7 @@ def detector_settings(args: argparse.Namespace) -> dict:
                if value is not None}
     return dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
                 boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
-                batch_size=args.batch_size, keyframes=args.keyframes)
+                batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision)
 
 
 def _check_usage(args: argparse.Namespace) -> None:
