@@ -79,6 +79,7 @@ def main(argv=None) -> int:
 def _frame_map(args) -> int:
     from ..evaluation import evaluate
 
+    _single_malloc_arena()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(args.gt, args.det, args.labelmap, exclusions=args.exclusions, protocol=args.protocol,
@@ -91,6 +92,18 @@ def _frame_map(args) -> int:
     if args.plot:
         plot_per_class(result, args.plot)
     return 0
+
+
+def _single_malloc_arena() -> None:
+    """Ask glibc for one malloc arena (``mallopt(M_ARENA_MAX, 1)``), before the evaluation starts its worker
+    threads: with an arena per thread, buffers freed by one thread are not reused by the others, which raised
+    the peak RSS at AVA val scale from 0.86 to 1.01 GB at no speed gain. No-op without glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = -8 in glibc's malloc.h
+    except (OSError, AttributeError):
+        pass
 
 
 def _persons(args) -> int:

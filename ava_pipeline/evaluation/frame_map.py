@@ -20,13 +20,18 @@ numpy 1.x's introsort argsort (``legacy_argsort``), which is what the official c
 as far as (class, score) groups mixing true and false positives need, the only ties that can change AP.
 ``tie_order="stable"`` ranks equal scores by a stable sort instead (documented alternative, not the official
 number).
+
+Both cores: the cap and the within-keyframe ordering run on two key ranges at once when the detections are grouped
+by keyframe, and the tie ranking on two halves of the classes (numpy releases the GIL in that work); results do
+not depend on the split.
 """
 from __future__ import annotations
 
 import heapq
 import math
 import warnings
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +144,7 @@ def _evaluate_rows(gt_rows: AvaRows, det_rows: AvaRows, names, excluded, rules: 
     det_keep = np.ones(len(det_rows), dtype=bool)
     exact_keys = set()
     if rules.detections_per_keyframe:
-        det_keep, exact_keys = _cap_mask(det_rows, rules.detections_per_keyframe)
+        det_keep, exact_keys = _cap_mask_threaded(det_rows, rules.detections_per_keyframe)
     evaluated = ~is_excluded
     if rules.detections_on == "annotated":
         annotated = np.array([k in gt_rows.all_keys for k in key_names], dtype=bool)
@@ -195,6 +200,35 @@ def _to_float32(values):
 
 # ----------------------------------------------------------------------------------------------------------------
 # cap and order inside a keyframe
+
+def _in_two_key_ranges(key, work):
+    """``[work(a, b), ...]`` over row ranges that hold whole keys: when ``key`` (int (N,)) is non-decreasing (a
+    file grouped by keyframe), the halves ``[0, m)`` and ``[m, N)`` split at a key boundary, on two threads
+    (numpy releases the GIL in sorts and gathers); else ``[work(0, N)]``."""
+    n = key.size
+    if n < _SPLIT_MIN_ROWS or (key[1:] < key[:-1]).any():
+        return [work(0, n)]
+    middle = int(np.searchsorted(key, key[n // 2]))
+    if middle == 0:
+        return [work(0, n)]
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda bounds: work(*bounds), [(0, middle), (middle, n)]))
+
+
+_SPLIT_MIN_ROWS = 1 << 16
+"""Fewer rows are not worth a second thread."""
+
+
+def _cap_mask_threaded(rows: AvaRows, capacity: int):
+    """``_cap_mask`` on two key ranges of the rows at once where the file is grouped by keyframe."""
+    def work(a, b):
+        part = replace(rows, key_index=rows.key_index[a:b], boxes=rows.boxes[a:b], actions=rows.actions[a:b],
+                       scores=rows.scores[a:b], lines=rows.lines[a:b])
+        return _cap_mask(part, capacity)
+
+    results = _in_two_key_ranges(rows.key_index, work)
+    return np.concatenate([keep for keep, _ in results]), set().union(*(exact for _, exact in results))
+
 
 def _cap_mask(rows: AvaRows, capacity: int):
     """Rows kept by the official per-keyframe heap of ``capacity`` entries (bool mask), and the keys whose rows
@@ -261,10 +295,13 @@ def _order_index(rows: AvaRows, key, keep, order_rule):
     """Indices of the kept rows in the official concatenation order: keyframes in order of first (whitelisted)
     row, inside a keyframe by ``order_rule`` ("file", or by descending score with file order for ties, which is
     the heap layout's order wherever it matters, see ``_replay_heaps``)."""
-    index = np.flatnonzero(keep)
-    if order_rule != "file":
-        index = index[np.argsort(-rows.scores[index], kind="stable")]
-    return index[_stable_key_order(key[index])]
+    def work(a, b):
+        index = a + np.flatnonzero(keep[a:b])
+        if order_rule != "file":
+            index = index[np.argsort(-rows.scores[index], kind="stable")]
+        return index[_stable_key_order(key[index])]
+
+    return np.concatenate(_in_two_key_ranges(key, work))
 
 
 def _stable_key_order(keys):
@@ -275,9 +312,13 @@ def _stable_key_order(keys):
 
 
 def _gather(rows: AvaRows, key, index) -> _Boxes:
-    x1, y1, x2, y2 = rows.boxes[index].T
+    """The rows ``index`` (in that order), boxes turned to ``y1, x1, y2, x2`` in one gather."""
     return _Boxes(key=key[index], action=rows.actions[index], score=rows.scores[index],
-                  boxes=np.stack([y1, x1, y2, x2], axis=1), line=rows.lines[index])
+                  boxes=rows.boxes[index[:, None], _YXYX], line=rows.lines[index])
+
+
+_YXYX = np.array([1, 0, 3, 2])
+"""Columns of an ``x1, y1, x2, y2`` box in the official ``y1, x1, y2, x2`` layout."""
 
 
 def _replay_heaps(rows: AvaRows, key, index, capacity, exact_keys):
@@ -471,7 +512,8 @@ def _average_precisions(det: _Boxes, tp, num_gt, num_classes, tie_order):
     flags = tp[by_class]
     starts = np.searchsorted(actions, np.arange(1, num_classes + 2))
     if tie_order == "numpy1":
-        order = legacy_argsort(scores, starts[:-1], relevant=_in_mixed_score_groups(actions, scores, flags))
+        order = legacy_argsort(scores, starts[:-1], relevant=_in_mixed_score_groups(actions, scores, flags),
+                               threads=2)
     else:
         # stable: ascending score, ties by descending image order, so that after the reversal below equal
         # scores keep image order
@@ -490,7 +532,8 @@ def _in_mixed_score_groups(actions, scores, flags):
     tie order can change AP."""
     if actions.size == 0:
         return np.zeros(0, dtype=bool)
-    order = np.lexsort((scores, actions))
+    order = np.argsort(scores)  # ties in any order: only the grouping is read
+    order = order[_stable_key_order(actions[order])]
     a, s = actions[order], scores[order]
     new_group = np.r_[True, (a[1:] != a[:-1]) | ~((s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1])))]
     group = np.cumsum(new_group) - 1

@@ -8,9 +8,9 @@ keyframe key is built from the timestamp *string* (``"%s,%04d" % (video, int(ts)
 it is an :class:`~ava_pipeline.errors.InputFormatError` naming file and line, and input the official code silently
 accepts but that is suspicious is a :class:`InputFormatWarning`.
 
-Large files are parsed column-wise by pandas' C parser; any row that parser cannot take as a plain 8-column row
-sends the file through a line-by-line validating reader (Python's ``csv``), which is the authority for messages
-and line numbers.
+Files are parsed column-wise by pyarrow's multi-threaded CSV reader when every row is a plain 7- or 8-column row
+it converts (floats correctly rounded, as ``float()``); any other file, or a missing pyarrow, goes through the
+line-by-line validating reader (Python's ``csv``), which is the authority for messages and line numbers.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def read_ava_csv(path, *, key_function: KeyFunction = key_2019, whitelist: Itera
     if not path.is_file():
         raise InputFormatError(f"{path}: no such file; pass the path of an AVA CSV file")
     whitelist = None if whitelist is None else frozenset(int(a) for a in whitelist)
-    columns = _parse_with_pandas(path, key_function, whitelist)
+    columns = _parse_with_arrow(path, key_function, whitelist)
     if columns is None:
         columns = _parse_line_by_line(path, key_function, whitelist, allow_key_only_rows)
     return _assemble(path, columns, whitelist)
@@ -103,40 +103,202 @@ def read_exclusions(path, *, key_function: KeyFunction = key_2019) -> frozenset:
 # ----------------------------------------------------------------------------------------------------------------
 # fast path
 
-_FLOAT_COLUMNS = (2, 3, 4, 5, 7)
-_CHUNK_ROWS = 1 << 20
-"""Rows parsed per pandas chunk; each chunk is whitelisted and compacted before the next is read."""
+def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
+    """Whitelisted columns of a file whose rows all have the first line's 7 or 8 fields, parsed by pyarrow's
+    multi-threaded CSV reader one piece of the file at a time; None when the careful reader is needed (pyarrow
+    missing, a byte-order mark, blank lines, another column count, any value pyarrow or Python's ``int()`` / the
+    key function rejects). pyarrow's float64 conversion is correctly rounded, like ``float()``, and rejects every
+    string ``float()`` rejects (it also rejects a few that ``float()`` accepts, such as ``1_0``: those files take
+    the careful path). Quoting is the ``csv`` module's default dialect in both readers."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as arrow_csv
+    except ImportError:
+        return None
+    width = _plain_width(path)
+    if width is None:
+        return None
+    names = _COLUMN_NAMES[:width]
+    text = pa.dictionary(pa.int32(), pa.string())
+    types = {name: pa.float64() for name in names}
+    # the 2019 key and the action id depend only on int() of the text: pyarrow's int64 parse accepts a subset
+    # of what int() accepts, with the same value
+    types.update(video=text, time=pa.int64() if key_function is key_2019 else text, action=pa.int64())
+    converter = _BatchConverter(key_function, whitelist)
+    options = dict(
+        read_options=arrow_csv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES),
+        parse_options=arrow_csv.ParseOptions(ignore_empty_lines=False, newlines_in_values=False),
+        convert_options=arrow_csv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False,
+                                                 quoted_strings_can_be_null=False))
 
+    def parse(piece):
+        return arrow_csv.read_csv(pa.BufferReader(piece), **options)
 
-def _parse_with_pandas(path: Path, key_function: KeyFunction, whitelist):
-    """Whitelisted columns of a file whose every row is a plain 8-column row, or None when the careful reader is
-    needed (any other row shape, any value Python would reject, numeric-looking video ids)."""
-    import pandas as pd
-
-    dtypes = {0: "category", 1: "category", 6: "category", 8: "category"}
-    dtypes.update({c: np.float64 for c in _FLOAT_COLUMNS})
-    state = _ChunkState(key_function, whitelist)
     parts = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = pd.read_csv(path, header=None, names=range(9), index_col=False, dtype=dtypes,
-                                 na_filter=False, skip_blank_lines=False, engine="c", encoding="utf-8",
-                                 chunksize=_CHUNK_ROWS)
-            for frame in reader:
-                part = state.convert(frame, pd)
+        for table in _parsed_ahead(_pieces(path), parse):
+            for batch in table.to_batches():
+                part = converter.convert(batch)
                 if part is None:
                     return None
                 parts.append(part)
-    except Exception:  # any parse problem: the careful reader finds and names it
+    except (pa.ArrowException, OSError, ValueError):  # any parse problem: the careful reader finds and names it
         return None
-    if not parts:
+    finally:
+        pa.default_memory_pool().release_unused()  # hand the parse buffers back before the arrays are joined
+    return {"pair_keys": converter.pair_keys, "key_only_keys": (), **_concatenate(parts)}
+
+
+_COLUMN_NAMES = ("video", "time", "x1", "y1", "x2", "y2", "action", "score")
+_PIECE_BYTES = 32 << 20
+_BLOCK_BYTES = 4 << 20
+"""The file is read in pieces of whole lines of about ``_PIECE_BYTES`` (bounding memory); pyarrow parses the
+blocks of a piece in parallel."""
+
+
+def _parsed_ahead(pieces, parse):
+    """``parse(piece)`` for each piece, in order, the next one parsed on a worker thread while the caller
+    converts the current one (pyarrow releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for piece in pieces:
+            upcoming = pool.submit(parse, piece)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
+def _pieces(path: Path):
+    """The file's bytes in consecutive pieces that end at a line end (memoryviews of fresh buffers)."""
+    with open(path, "rb") as handle:
+        rest = b""
+        while True:
+            piece = bytearray(len(rest) + _PIECE_BYTES)
+            piece[:len(rest)] = rest
+            size = len(rest) + handle.readinto(memoryview(piece)[len(rest):])
+            if size == len(rest):
+                if rest:
+                    yield memoryview(rest)
+                return
+            cut = piece.rfind(b"\n", 0, size) + 1
+            if cut:
+                yield memoryview(piece)[:cut]
+            rest = bytes(piece[cut:size])
+
+
+def _plain_width(path: Path):
+    """7 or 8: the field count of the first line when the file can go to pyarrow (no byte-order mark, which
+    pyarrow would strip but the official reader keeps in the video id); else None."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    if first.startswith(b"\xef\xbb\xbf"):
         return None
-    columns = {"pair_keys": state.pair_keys, "key_only_keys": ()}
-    total = sum(len(p["scores"]) for p in parts)
-    for name in ("boxes", "scores", "pair_index", "actions", "lines"):  # part by part: no doubled peak
-        first = parts[0][name]
-        joined = np.empty((total,) + first.shape[1:], dtype=first.dtype)
+    width = first.count(b",") + 1
+    return width if width in (7, 8) else None
+
+
+class _BatchConverter:
+    """Turns pyarrow record batches into whitelisted numpy columns with file-wide ids (each batch has its own
+    dictionaries): ``pair_keys[i]`` is the key of (video, timestamp) string pair ``i``."""
+
+    def __init__(self, key_function: KeyFunction, whitelist):
+        self.key_function = key_function
+        self.whitelist = whitelist
+        self.videos, self.times, self.actions = {}, {}, {}
+        self.pair_ids = {}
+        self.pair_keys = []
+        self.rows = 0
+
+    def convert(self, batch):
+        """The batch's whitelisted rows as a dict of numpy columns, or None when a value needs the careful
+        reader (an action id that is no integer, a timestamp the key function rejects)."""
+        video_codes, videos = _codes(batch.column(0))
+        time_codes, times = _codes(batch.column(1))
+        action_codes, action_texts = _codes(batch.column(6))
+        try:
+            action_of_code = np.array([self._action(a) for a in action_texts], dtype=np.int64)
+            pair_of_row = self._pairs(video_codes, videos, time_codes, times)
+        except (ValueError, OverflowError):
+            return None
+        kept_code = (np.ones(len(action_texts), dtype=bool) if self.whitelist is None
+                     else np.isin(action_of_code, np.fromiter(self.whitelist, dtype=np.int64)))
+        kept = np.flatnonzero(kept_code[action_codes])
+        boxes = np.empty((kept.size, 4), dtype=np.float64)
+        for j in range(4):
+            boxes[:, j] = _numpy_view(batch.column(2 + j), np.float64)[kept]
+        scores = (_numpy_view(batch.column(7), np.float64)[kept] if batch.num_columns == 8
+                  else np.ones(kept.size, dtype=np.float64))
+        part = {"pair_index": pair_of_row[kept], "actions": action_of_code.astype(np.int32)[action_codes[kept]],
+                "boxes": boxes, "scores": scores, "lines": (self.rows + 1 + kept).astype(np.int64)}
+        self.rows += batch.num_rows
+        return part
+
+    def _action(self, text):
+        if text not in self.actions:
+            self.actions[text] = int(text)
+        return self.actions[text]
+
+    def _pairs(self, video_codes, videos, time_codes, times):
+        """File-wide pair id per row (int32); computes the key of every new pair (ValueError if rejected)."""
+        video_ids = [self.videos.setdefault(v, len(self.videos)) for v in videos]
+        time_ids = [self.times.setdefault(t, len(self.times)) for t in times]
+        width = max(len(times), 1)
+        distinct, slot_of_row = _distinct(video_codes.astype(np.int64) * width + time_codes)
+        global_id = np.empty(distinct.size, dtype=np.int32)
+        for slot, (v, t) in enumerate(zip(*divmod(distinct, width))):
+            pair = (video_ids[v], time_ids[t])
+            if pair not in self.pair_ids:
+                self.pair_keys.append(self.key_function(videos[v], times[t]))
+                self.pair_ids[pair] = len(self.pair_ids)
+            global_id[slot] = self.pair_ids[pair]
+        return global_id[slot_of_row]
+
+
+def _codes(array):
+    """(int codes (N,), list of the distinct values as text) of a dictionary-encoded or int64 pyarrow array."""
+    if not hasattr(array, "dictionary"):
+        distinct, codes = _distinct(_numpy_view(array, np.int64))
+        return codes, [str(v) for v in distinct.tolist()]
+    return _numpy_view(array.indices, np.int32), array.dictionary.to_pylist()
+
+
+def _distinct(values):
+    """(sorted distinct values, int32 index into them per element) of an int64 array: a lookup table when the
+    values span a small range, else a sort."""
+    if not values.size:
+        return values, values.astype(np.int32)
+    low = int(values.min())
+    span = int(values.max()) - low + 1
+    if span > 1 << 22:
+        distinct, codes = np.unique(values, return_inverse=True)
+        return distinct, codes.reshape(-1).astype(np.int32)
+    present = np.zeros(span, dtype=bool)
+    present[values - low] = True
+    offsets = np.flatnonzero(present)
+    code_of = np.zeros(span, dtype=np.int32)
+    code_of[offsets] = np.arange(offsets.size, dtype=np.int32)
+    return offsets + low, code_of[values - low]
+
+
+def _numpy_view(array, dtype):
+    """Zero-copy numpy view of a null-free fixed-width pyarrow array (pyarrow's own ``to_numpy`` would import
+    pandas)."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * itemsize)
+
+
+def _concatenate(parts):
+    """Join the per-batch column dicts, one column at a time and releasing each part as it is copied."""
+    total = sum(len(part["scores"]) for part in parts)
+    columns = {}
+    for name in ("boxes", "scores", "pair_index", "actions", "lines"):
+        first = parts[0][name] if parts else np.zeros(0)
+        dtype = np.int32 if name == "lines" and total < 2 ** 31 - 1 else first.dtype
+        joined = np.empty((total,) + first.shape[1:], dtype=dtype)
         offset = 0
         for part in parts:
             chunk = part.pop(name)
@@ -144,87 +306,6 @@ def _parse_with_pandas(path: Path, key_function: KeyFunction, whitelist):
             offset += len(chunk)
         columns[name] = joined
     return columns
-
-
-class _ChunkState:
-    """Ids that stay the same across pandas chunks (each chunk has its own categories)."""
-
-    def __init__(self, key_function, whitelist):
-        self.key_function = key_function
-        self.table = None
-        if whitelist is not None:
-            self.table = np.zeros(max(whitelist, default=0) + 2, dtype=bool)
-            self.table[list(whitelist)] = True
-        self.texts = {0: {}, 1: {}}
-        self.pair_ids = {}
-        self.pair_keys = []
-        self.rows = 0
-
-    def _global_ids(self, column, texts):
-        ids = self.texts[column]
-        return np.array([ids.setdefault(t, len(ids)) for t in texts], dtype=np.int64)
-
-    def convert(self, frame, pd):
-        if not _only_empty(frame[8]):
-            return None
-        video_codes, videos = _category_strings(frame[0])
-        time_codes, times = _category_strings(frame[1], integers_ok=True,
-                                              floats_ok=self.key_function is key_2020)
-        action_codes, action_text = _category_strings(frame[6], integers_ok=True)
-        if videos is None or times is None or action_text is None:
-            return None
-        try:
-            actions = np.array([int(a) for a in action_text], dtype=np.int64)[action_codes]
-        except (ValueError, OverflowError):
-            return None
-        video_ids = self._global_ids(0, videos)[video_codes]
-        time_ids = self._global_ids(1, times)[time_codes]
-        codes, uniques = pd.factorize((video_ids << 32) | time_ids)
-        video_text = list(self.texts[0])
-        time_text = list(self.texts[1])
-        pair_global = np.empty(len(uniques), dtype=np.int64)
-        for i, pair in enumerate(uniques.tolist()):
-            if pair not in self.pair_ids:
-                try:
-                    key = self.key_function(video_text[pair >> 32], time_text[pair & 0xFFFFFFFF])
-                except (ValueError, OverflowError):
-                    return None
-                self.pair_ids[pair] = len(self.pair_keys)
-                self.pair_keys.append(key)
-            pair_global[i] = self.pair_ids[pair]
-        if self.table is None:
-            kept = np.arange(len(frame))
-        else:
-            kept = np.flatnonzero(self.table[np.clip(actions, 0, self.table.size - 1)] & (actions >= 0))
-        part = {
-            "pair_index": pair_global[codes[kept]].astype(np.int32),
-            "boxes": np.stack([frame[c].to_numpy(np.float64)[kept] for c in (2, 3, 4, 5)], axis=1),
-            "actions": actions[kept].astype(np.int32),
-            "scores": frame[7].to_numpy(np.float64)[kept],
-            "lines": (self.rows + 1 + kept).astype(np.int32 if self.rows + len(frame) < 2 ** 31 else np.int64),
-        }
-        self.rows += len(frame)
-        return part
-
-
-def _only_empty(column) -> bool:
-    categories = column.cat.categories
-    return len(categories) == 0 or (len(categories) == 1 and categories[0] == "")
-
-
-def _category_strings(column, integers_ok=False, floats_ok=False):
-    """(codes, list of category texts) of a categorical column; texts None when pandas made them non-strings
-    (numbers), except integer categories when ``integers_ok`` (their decimal text converts identically) and float
-    categories when ``floats_ok`` (``repr`` round-trips; used where only the float value matters)."""
-    categories = column.cat.categories
-    codes = column.cat.codes.to_numpy()
-    if categories.dtype.kind in "OSUT" or str(categories.dtype) in ("str", "string"):
-        return codes, [str(c) for c in categories]
-    if integers_ok and categories.dtype.kind in "iu":
-        return codes, [str(int(c)) for c in categories]
-    if floats_ok and categories.dtype.kind == "f":
-        return codes, [repr(float(c)) for c in categories]
-    return codes, None
 
 
 # ----------------------------------------------------------------------------------------------------------------

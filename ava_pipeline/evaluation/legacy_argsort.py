@@ -8,13 +8,14 @@ the smaller child partitioned on without a check, depth budget ``2 * floor(log2(
 result is a pure function of the input, but numpy >= 2 sorts equal keys differently, and with 4-decimal
 scores most of a class's detections are tied, so AP depends on reproducing it.
 
-This module reproduces that order without compiled code by running the same algorithm breadth-first (the
-partitions are disjoint, so the order in which they are processed does not matter): all partitions of one level (across all independent segments, e.g. all classes) are partitioned at once
-with numpy. One Hoare partition is a closed form: with ``L`` the positions (ascending) that stop the left scan
-(value not less than the pivot) and ``R`` the positions (descending) that stop the right scan (value not greater),
-the k-th swap exchanges ``L[k]`` and ``R[k]`` while ``L[k] < R[k]``; with ``K`` such swaps the pivot lands at
-``min(L[K], R[K-1])`` (``L[0]`` when ``K == 0``). Insertion sort is stable, so partitions of <= 16 elements are
-finished together with one stable sort. Only the rare heapsort fallback runs element by element in Python.
+This module reproduces that order without compiled code by running the same algorithm breadth-first (the partitions
+are disjoint, so the order in which they are processed does not matter): all partitions of one level (across all
+independent segments, e.g. all classes) are partitioned at once with numpy. One Hoare partition is a closed form:
+with ``L`` the positions (ascending) that stop the left scan (value not less than the pivot) and ``R`` the positions
+(descending) that stop the right scan (value not greater), the k-th swap exchanges ``L[k]`` and ``R[k]`` while
+``L[k] < R[k]``; with ``K`` such swaps the pivot lands at ``min(L[K], R[K-1])`` (``L[0]`` when ``K == 0``).
+Insertion sort is stable, so partitions of <= 16 elements are finished together with one stable sort. Only the rare
+heapsort fallback runs element by element in Python.
 Verified against numpy 1.23.5 (tests/test_evaluation*.py hold its recorded outputs and a scalar port).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ SMALL_PARTITION = 16
 
 
 def legacy_argsort(values: np.ndarray, segment_starts: np.ndarray | None = None,
-                   relevant: np.ndarray | None = None) -> np.ndarray:
+                   relevant: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """Indices that sort ``values`` as numpy < 1.25 ``np.argsort(values)`` (kind "quicksort") does, ties included.
 
     ``values``: float64 array of shape (N,). ``segment_starts``: optional sorted int array of segment start
@@ -37,12 +38,42 @@ def legacy_argsort(values: np.ndarray, segment_starts: np.ndarray | None = None,
     partition that holds none of them is finished by a stable sort instead of being simulated further, so the
     result is then exact only up to permutations of equal values among non-relevant elements (AP, for instance,
     only needs the order inside groups of equal scores that mix true and false positives).
+
+    ``threads``: sort the segments in this many groups of about equal size on as many threads (numpy releases
+    the GIL in the bulk array work); the result does not depend on it.
     """
     values = np.ascontiguousarray(values, dtype=np.float64)
-    n = values.size
     if segment_starts is None:
         segment_starts = np.zeros(1, dtype=np.int64)
     starts = np.asarray(segment_starts, dtype=np.int64)
+    if threads > 1 and starts.size > 1:
+        return _threaded(values, starts, relevant, threads)
+    return _sort_segments(values, starts, relevant)
+
+
+def _threaded(values, starts, relevant, threads):
+    """``legacy_argsort`` with the segments split at segment boundaries into ``threads`` groups of about equal
+    element count, each group sorted on its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    targets = values.size * np.arange(1, threads) / threads
+    cuts = np.unique(np.r_[0, starts[np.minimum(np.searchsorted(starts, targets), starts.size - 1)], values.size])
+    groups = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    if len(groups) < 2:
+        return _sort_segments(values, starts, relevant)
+
+    def sort_group(bounds):
+        a, b = bounds
+        inner = starts[(starts >= a) & (starts < b)] - a
+        return _sort_segments(values[a:b], inner, None if relevant is None else relevant[a:b]) + a
+
+    with ThreadPoolExecutor(len(groups)) as pool:
+        return np.concatenate(list(pool.map(sort_group, groups)))
+
+
+def _sort_segments(values, starts, relevant):
+    """``legacy_argsort`` of contiguous ``values`` with segment start offsets ``starts`` (int64, first 0)."""
+    n = values.size
     ends = np.append(starts[1:], n)
     order = np.arange(n, dtype=np.int64)
     current = _comparison_keys(values)  # comparison keys in the current arrangement of ``order``

@@ -5,8 +5,9 @@ annotated keyframes, ~220k ground-truth rows, ~7.7M PySlowFast-style detection r
 Runs ``ava-eval`` (this checkout) and, when --official-dir and --official-python are given, the official evaluator
 (ActivityNet 3fee089 ``Evaluation/get_ava_performance.py`` with ``Evaluation/ava/``, under a Python with
 numpy < 1.24) on the same files, each as a child process timed on the wall clock with its own peak RSS, then
-compares the per-class APs and prints the ratios. The official code is never part of this repository: fetch it
-and make its venv yourself (see eval/README.md).
+compares the per-class APs and prints the ratios. ``--official-json`` caches the official output (the official
+run takes about 10 minutes at full scale) and later runs compare against the cache, labelled as such. The official
+code is never part of this repository: fetch it and make its venv yourself (see eval/README.md).
 """
 import ast
 import json
@@ -29,6 +30,10 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--official-dir", help="ActivityNet Evaluation/ folder (get_ava_performance.py, ava/)")
     parser.add_argument("--official-python", help="a Python with numpy < 1.24 to run the official evaluator")
+    parser.add_argument("--official-json", metavar="OUT",
+                        help="cache of the official output (its pprinted dict): read from here when the file "
+                             "exists, instead of running the official evaluator (about 10 minutes); written here "
+                             "after a run")
 
 
 def run(args):
@@ -53,23 +58,16 @@ def run(args):
     command = [sys.executable, "-m", "ava_pipeline.cli.evaluate", "--gt", str(paths["gt"]), "--det",
                str(paths["det"]), "--exclusions", str(paths["excluded"]), "--labelmap", str(labelmap),
                "--json", str(ours_json)]
-    ours_time, ours_rss, _ = _measure(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    load = os.getloadavg()[0]
+    ours_time, ours_rss, _, ours_cpu = _measure(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     ours = json.loads(ours_json.read_text())
-    print(f"ava-eval:  {ours_time:8.2f} s wall, peak RSS {ours_rss:7.0f} MB, "
-          f"mAP {ours['PascalBoxes_Precision/mAP@0.5IOU']:.12f}")
+    print(f"ava-eval:  {ours_time:8.2f} s wall ({ours_cpu:.2f} s CPU), peak RSS {ours_rss:7.0f} MB, "
+          f"mAP {ours['PascalBoxes_Precision/mAP@0.5IOU']:.12f}; 1-min load average {load:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
 
-    if not (args.official_dir and args.official_python):
-        print("official evaluator: skipped (pass --official-dir PATH/Evaluation and --official-python "
-              "PATH/bin/python with numpy<1.24 to run it beside; see eval/README.md)")
+    official = _official_result(args, paths, labelmap, ours_time, ours_rss)
+    if official is None:
         return
-    official_dir = Path(args.official_dir)
-    command = [args.official_python, str(official_dir / "get_ava_performance.py"), "-l", str(labelmap),
-               "-g", str(paths["gt"]), "-d", str(paths["det"]), "-e", str(paths["excluded"])]
-    env = dict(os.environ, PYTHONPATH=str(official_dir / "ava"))
-    official_time, official_rss, stdout = _measure(command, cwd=official_dir, env=env)
-    official = ast.literal_eval(stdout.replace("nan", "None"))
-    print(f"official:  {official_time:8.2f} s wall, peak RSS {official_rss:7.0f} MB, "
-          f"mAP {official['PascalBoxes_Precision/mAP@0.5IOU']:.12f}")
     worst, identical = 0.0, 0
     for key, value in official.items():
         mine = ours[key]
@@ -79,13 +77,40 @@ def run(args):
             continue
         worst = max(worst, abs(mine - value))
         identical += mine == value
-    print(f"speed-up {official_time / ours_time:.1f}x, memory {official_rss / ours_rss:.1f}x less; "
-          f"{identical}/{len(official)} values bit-identical, max |difference| {worst:.3g} "
+    print(f"{identical}/{len(official)} values bit-identical, max |difference| {worst:.3g} "
           f"({'within' if worst <= 1e-9 else 'OUTSIDE'} 1e-9)")
 
 
+def _official_result(args, paths, labelmap, ours_time, ours_rss):
+    """The official evaluator's dict (None values for NaN): from the --official-json cache when it exists, else
+    from a timed run of the official code (cached there when --official-json is given); None when neither."""
+    cache = Path(args.official_json) if args.official_json else None
+    if cache is not None and cache.is_file():
+        official = ast.literal_eval(cache.read_text().replace("nan", "None"))
+        print(f"official:  CACHED result read from {cache} (not re-run, not timed), "
+              f"mAP {official['PascalBoxes_Precision/mAP@0.5IOU']:.12f}")
+        return official
+    if not (args.official_dir and args.official_python):
+        print("official evaluator: skipped (pass --official-dir PATH/Evaluation and --official-python "
+              "PATH/bin/python with numpy<1.24 to run it beside, or --official-json with a cached result; "
+              "see eval/README.md)")
+        return None
+    official_dir = Path(args.official_dir)
+    command = [args.official_python, str(official_dir / "get_ava_performance.py"), "-l", str(labelmap),
+               "-g", str(paths["gt"]), "-d", str(paths["det"]), "-e", str(paths["excluded"])]
+    env = dict(os.environ, PYTHONPATH=str(official_dir / "ava"))
+    official_time, official_rss, stdout, _ = _measure(command, cwd=official_dir, env=env)
+    if cache is not None:
+        cache.write_text(stdout)
+    official = ast.literal_eval(stdout.replace("nan", "None"))
+    print(f"official:  {official_time:8.2f} s wall, peak RSS {official_rss:7.0f} MB, "
+          f"mAP {official['PascalBoxes_Precision/mAP@0.5IOU']:.12f}")
+    print(f"speed-up {official_time / ours_time:.1f}x, memory {official_rss / ours_rss:.1f}x less")
+    return official
+
+
 def _measure(command, cwd, env):
-    """Run ``command``; returns (wall seconds, peak RSS MB of that child alone, its stdout)."""
+    """Run ``command``; returns (wall seconds, peak RSS MB of that child alone, its stdout, its CPU seconds)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -96,7 +121,7 @@ def _measure(command, cwd, env):
         err.seek(0)
         if process.returncode:
             raise SystemExit(f"{command[0]} failed (exit {process.returncode}):\n{err.read()[-2000:]}")
-        return elapsed, usage.ru_maxrss / 1024, out.read()
+        return elapsed, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":
