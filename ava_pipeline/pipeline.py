@@ -29,9 +29,6 @@ import numpy as np
 
 from .errors import ConfigError, InputFormatError
 
-DEFAULT_MODEL = "SLOWFAST_32x2_R101_50_50"
-"""Zoo model used when neither a model name nor a config is given."""
-
 DETECTOR_BACKENDS = ("torchvision", "detectron2", "precomputed")
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """Action-model precisions: name -> torch dtype (fp16 / bf16 run under autocast)."""
@@ -233,6 +230,7 @@ class ActionDetector:
         from .api import load_action_model
         from .detector import build_detector
         from .models.inference import optimize_for_inference
+        from .weights import DEFAULT_MODEL
 
         self.model_source = str(config if config is not None else (model or DEFAULT_MODEL))
         self.device = torch.device(device)
