@@ -1,4 +1,6 @@
 """optimize_for_inference: same probabilities as the eager model, original untouched; FLOP counting."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -94,6 +96,22 @@ def test_folded_conv_equals_conv_bn_relu_on_both_paths():
         for use_onednn in (True, False):
             folded = FoldedConv3d(conv, bn, relu=True, use_onednn=use_onednn)
             assert (folded(x, residual=residual) - expected).abs().max().item() < 1e-5
+
+
+def test_packed_weights_follow_the_input_shape_and_survive_copying():
+    """oneDNN weights are packed for one input shape: a new shape repacks, results stay exact, copies work."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv3d(8, 16, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(16)
+    randomize_batchnorm(nn.Sequential(conv, bn))
+    folded = FoldedConv3d(conv, bn, relu=False, use_onednn=True)
+    with torch.inference_mode():
+        for shape in [(1, 8, 4, 10, 12), (2, 8, 4, 10, 12), (1, 8, 2, 7, 9), (1, 8, 4, 10, 12)]:
+            x = torch.randn(shape)
+            assert (folded(x) - bn(conv(x))).abs().max().item() < 1e-5
+            assert folded._packed[0] == x.shape
+        copied = copy.deepcopy(folded)
+        assert copied._packed == (None, None)
+        assert torch.equal(copied(x), folded(x))
 
 
 def test_bfloat16_autocast_stays_close_to_float32():
