@@ -240,8 +240,9 @@ class ActionDetector:
         self.model = load_action_model(self.model_source, weights=weights, device=self.device)
         self.config = self.model.config
         dtype = getattr(torch, PRECISIONS[precision])
-        self._forward = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
-                         else self.model)
+        self.runtime_model = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
+                              else self.model)
+        """What :meth:`stream` runs: the fast inference copy of :attr:`model`, or :attr:`model` itself."""
         self.box_thresh = self.config.box_thresh if box_thresh is None else float(box_thresh)
         self.detector_backend = backend
         self.detector = build_detector(backend, boxes_csv=boxes, score_thresh=self.box_thresh, device=str(self.device),
@@ -451,7 +452,7 @@ class ActionDetector:
                 torch.cat([torch.full((len(item.boxes_px), 1), float(i)), torch.as_tensor(item.boxes_px).float()], 1)
                 for i, item in enumerate(batch)]).to(self.device)
             with torch.inference_mode():
-                probs = self._forward(pathways, boxes).float().cpu().numpy()
+                probs = self.runtime_model(pathways, boxes).float().cpu().numpy()
             timings.action_model += time.perf_counter() - start
             timings.model_batches += 1
             offset = 0
