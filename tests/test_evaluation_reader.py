@@ -175,3 +175,18 @@ def test_two_thread_key_ranges_give_identical_results(tmp_path, monkeypatch):
     assert 2 in splits  # the cap and the ordering really ran on two key ranges
     assert threaded.per_class == single.per_class and threaded.mAP == single.mAP and 0 < single.mAP < 1
     assert threaded.detection_counts == single.detection_counts and sum(single.detection_counts.values()) <= 9 * 50
+
+
+def test_group_search_equals_group_table(tmp_path, monkeypatch):
+    from ava_pipeline.evaluation import frame_map
+
+    (tmp_path / "labels.pbtxt").write_text(LABELS)
+    gt = "".join(f"vid{v},{t},0.1,0.1,0.5,0.9,{a},0\n" for v in range(3) for t in ("0902", "0903", "1000")
+                 for a in (1, 2))
+    (tmp_path / "gt.csv").write_text(gt)
+    (tmp_path / "det.csv").write_text(detection_text(rows=2000, seed=4))
+    args = (tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "labels.pbtxt")
+    table = evaluate(*args)
+    monkeypatch.setattr(frame_map, "_GROUP_TABLE_MAX", 0)  # every lookup by binary search
+    searched = evaluate(*args)
+    assert searched.per_class == table.per_class and searched.mAP == table.mAP and 0 < table.mAP < 1

@@ -1,6 +1,7 @@
 """AVA frame-mAP@0.5IoU, rule for rule the official ActivityNet evaluator (``EVAL_SPEC.md``), vectorised.
 
-Data flow (every stage is whole-file numpy; Python loops only over classes and over the few keyframes where an
+Data flow (every stage is whole-file numpy; Python loops only over classes, over the distinct row counts of
+keyframes (those with equal counts are capped and ordered as one 2-D block) and over the few keyframes where an
 exact heap layout decides a result)::
 
     read CSVs (io.py) -> per-keyframe cap of 50 with the heap's tie rule -> within-keyframe order
@@ -21,9 +22,10 @@ as far as (class, score) groups mixing true and false positives need, the only t
 ``tie_order="stable"`` ranks equal scores by a stable sort instead (documented alternative, not the official
 number).
 
-Both cores: the cap and the within-keyframe ordering run on two key ranges at once when the detections are grouped
-by keyframe, and the tie ranking on two halves of the classes (numpy releases the GIL in that work); results do
-not depend on the split.
+Both cores: the ground truth is read on a worker thread while the detections are read, the cap and the
+within-keyframe ordering run on two key ranges at once when the detections are grouped by keyframe, and the tie
+ranking on two halves of the classes (pyarrow and numpy release the GIL in that work); results do not depend on
+the split. After the tie check only the keyframes it names are gathered and matched again.
 """
 from __future__ import annotations
 
@@ -93,14 +95,20 @@ def evaluate(gt, det, labelmap="v2.2-eval", exclusions=None, protocol="activityn
     names = read_label_map(labelmap)
     whitelist = set(names)
     excluded = read_exclusions(exclusions, key_function=rules.key_function) if exclusions else frozenset()
+    read = dict(key_function=rules.key_function, whitelist=whitelist, allow_key_only_rows=rules.key_only_rows)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputFormatWarning)
-        gt_rows = read_ava_csv(gt, key_function=rules.key_function, whitelist=whitelist,
-                               allow_key_only_rows=rules.key_only_rows)
-        det_rows = read_ava_csv(det, key_function=rules.key_function, whitelist=whitelist,
-                                allow_key_only_rows=rules.key_only_rows)
+        with ThreadPoolExecutor(1) as pool:  # the ground truth is read while the detections are
+            gt_future = pool.submit(read_ava_csv, gt, **read)
+            try:
+                det_rows = read_ava_csv(det, **read)
+            finally:
+                gt_rows = gt_future.result()  # a ground-truth error is reported first
         result = _evaluate_rows(gt_rows, det_rows, names, excluded, rules, tie_order)
-    result.warnings = [str(w.message) for w in caught if issubclass(w.category, InputFormatWarning)]
+    # ground-truth messages first, each file's in line order, whichever reader warned first
+    messages = [str(w.message) for w in caught if issubclass(w.category, InputFormatWarning)]
+    gt_prefix = f"{Path(gt)}:"
+    result.warnings = sorted(messages, key=lambda message: not message.startswith(gt_prefix))
     for message in result.warnings:
         warnings.warn(message, InputFormatWarning, stacklevel=2)
     return result
@@ -111,8 +119,8 @@ def evaluate(gt, det, labelmap="v2.2-eval", exclusions=None, protocol="activityn
 @dataclass
 class _Boxes:
     """Rows after filtering, in the official concatenation order (keyframe by keyframe in image order, rows of a
-    keyframe in their official order). ``boxes``: ``(N, 4)`` float64 normalized ``y1, x1, y2, x2`` (the official
-    internal layout); ``key``: keyframe id; ``action``, ``score``, ``line`` (source line) per row."""
+    keyframe in their official order). ``boxes``: ``(N, 4)`` float64 normalized ``x1, y1, x2, y2`` as in the
+    file; ``key``: keyframe id; ``action``, ``score``, ``line`` (source line) per row."""
 
     key: np.ndarray
     action: np.ndarray
@@ -128,7 +136,7 @@ def _evaluate_rows(gt_rows: AvaRows, det_rows: AvaRows, names, excluded, rules: 
         key_ids.setdefault(k, len(key_ids))
     key_names = list(key_ids)
     is_excluded = np.array([k in excluded for k in key_names], dtype=bool)
-    det_key = np.asarray([key_ids[k] for k in det_rows.keys], dtype=np.int64)[det_rows.key_index]
+    det_key = det_rows.key_index  # the detection keys are numbered first, in their own order
     gt_key = (np.asarray([key_ids[k] for k in gt_rows.keys], dtype=np.int64)[gt_rows.key_index]
               if len(gt_rows) else np.zeros(0, dtype=np.int64))
 
@@ -166,12 +174,19 @@ def _evaluate_rows(gt_rows: AvaRows, det_rows: AvaRows, names, excluded, rules: 
     heap_det, heap_gt = rules.detection_order == "heap", rules.ground_truth_order == "heap"
     tp, sensitive_det_keys, sensitive_gt_keys = _match(det, gt, heap_det, heap_gt)
     if sensitive_det_keys - exact_keys or sensitive_gt_keys:
-        # ties where the heap layout decides: replay those keyframes exactly and match again
+        # ties where the heap layout decides: replay those keyframes exactly and match them again. The heap
+        # keeps the same rows as the cap above, only their order differs: each keyframe's block stays in place.
         det_index = _replay_heaps(det_rows, det_key, det_index, capacity, sensitive_det_keys - exact_keys)
-        det = _valid_detections(_gather(det_rows, det_key, det_index), rules, det_rows.path)
         gt_index = _replay_heaps(gt_rows, gt_key, gt_index, 0, sensitive_gt_keys)
+        redo = np.fromiter(sensitive_det_keys | sensitive_gt_keys, dtype=np.int64)
+        det_part = _valid_detections(_gather(det_rows, det_key, det_index[np.isin(det_key[det_index], redo)]),
+                                     rules, det_rows.path)
         gt = _gather(gt_rows, gt_key, gt_index)
-        tp, _, _ = _match(det, gt, False, False)
+        at = np.flatnonzero(np.isin(det.key, redo))
+        part_tp, _, _ = _match(det_part, _subset(gt, np.isin(gt.key, redo)), False, False)
+        tp[at] = part_tp
+        for name in ("key", "action", "score", "boxes", "line"):
+            getattr(det, name)[at] = getattr(det_part, name)
     _check_ground_truth_boxes(gt, det, gt_rows.path, key_names)
 
     ap = _average_precisions(det, tp, num_gt, num_classes, tie_order)
@@ -232,63 +247,70 @@ def _cap_mask_threaded(rows: AvaRows, capacity: int):
 
 def _cap_mask(rows: AvaRows, capacity: int):
     """Rows kept by the official per-keyframe heap of ``capacity`` entries (bool mask), and the keys whose rows
-    hold NaN (replayed exactly with heapq instead)."""
+    hold NaN (replayed exactly with heapq instead).
+
+    The rows of the capped keyframes with the same row count form a 2-D block (one keyframe per line, file order),
+    where the boundary (``capacity``-th highest) score is one ``np.partition`` and the rest row-wise arithmetic."""
     key, score = rows.key_index, rows.scores
     n = len(key)
-    keep = np.ones(n, dtype=bool)
     if n == 0:
-        return keep, set()
+        return np.ones(0, dtype=bool), set()
     counts = np.bincount(key)
-    capped_rows = np.flatnonzero(counts[key] > capacity)
-    if not capped_rows.size:
-        return keep, set()
-    nan_row = np.isnan(score) | np.isnan(rows.boxes).any(axis=1)
-    exact_keys = set(np.unique(key[nan_row & (counts[key] > capacity)]).tolist())
-    k, s = key[capped_rows], score[capped_rows]
-    by_score = np.argsort(-s)  # ties in any order: only the boundary score per key is read from this
-    by_score = by_score[_stable_key_order(k[by_score])]
-    sorted_keys = k[by_score]
-    first = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    boundary = np.full(counts.size, np.nan)
-    boundary[sorted_keys[first]] = s[by_score[first + capacity - 1]]
-    del by_score, sorted_keys, first
-    threshold = boundary[k]
-    above = s > threshold
-    at_boundary = s == threshold
-    at_least = s >= threshold
-    del threshold
-    # rows scoring >= the boundary that arrived earlier in the same keyframe (capped_rows is in file order)
-    by_key = _stable_key_order(k)
-    at_least = at_least[by_key].astype(np.int32)
-    cumulative = np.cumsum(at_least, dtype=np.int32)
-    key_sorted = k[by_key]
-    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
-    del key_sorted
-    before_key = (cumulative[starts] - at_least[starts]).astype(np.int32)
-    sizes = np.diff(np.r_[starts, cumulative.size])
-    earlier = np.empty_like(cumulative)
-    earlier[by_key] = cumulative - at_least - np.repeat(before_key, sizes)
-    del by_key, cumulative, at_least
-    entered = at_boundary & (earlier < capacity)
-    del earlier, at_boundary
-    slots = capacity - np.bincount(k[above], minlength=counts.size)
-    # of the entered boundary rows, the largest (action, y1, x1, y2, x2) tuples stay
-    candidates = np.flatnonzero(entered)
-    b = rows.boxes[capped_rows[candidates]]
-    order = np.lexsort((b[:, 2], b[:, 3], b[:, 0], b[:, 1], rows.actions[capped_rows[candidates]],
-                        k[candidates]))
-    ck = k[candidates][order]
-    ends = np.r_[np.flatnonzero(ck[1:] != ck[:-1]), ck.size - 1]
-    end_of = np.repeat(ends, np.diff(np.r_[-1, ends]))
-    from_end = end_of - np.arange(ck.size)
-    stays = np.zeros(candidates.size, dtype=bool)
-    stays[order] = from_end < slots[ck]
-    kept = above
-    kept[candidates[stays]] = True
-    keep[capped_rows] = kept
+    capped = counts > capacity
+    if not capped.any():
+        return np.ones(n, dtype=bool), set()
+    keep = ~capped[key]
+    exact_keys = set()
+    if np.isnan(score).any() or np.isnan(rows.boxes).any():
+        nan_row = np.isnan(score) | np.isnan(rows.boxes).any(axis=1)
+        exact_keys = set(np.unique(key[nan_row & ~keep]).tolist())
+    by_key = _stable_key_order(key)
+    capped_keys = np.flatnonzero(capped)
+    slots = np.zeros(counts.size, dtype=np.int64)
+    contested = []
+    for block_keys, positions in _equal_length_blocks(capped_keys, (np.cumsum(counts) - counts)[capped_keys],
+                                                      counts[capped_keys]):
+        members = positions if by_key is None else by_key[positions]  # (keyframes, rows): row indices
+        s = score[members]
+        boundary = np.partition(s, s.shape[1] - capacity, axis=1)[:, s.shape[1] - capacity, None]
+        above = s > boundary
+        at_boundary = s == boundary
+        at_least = above | at_boundary
+        # a boundary-score row enters the heap while fewer than `capacity` rows scoring >= boundary came before
+        earlier = np.cumsum(at_least, axis=1, dtype=np.int32) - at_least
+        entered = at_boundary & (earlier < capacity)
+        keep[members[above]] = True
+        free = capacity - np.count_nonzero(above, axis=1)
+        surplus = np.count_nonzero(entered, axis=1) > free
+        keep[members[entered & ~surplus[:, None]]] = True
+        contested.append(members[entered & surplus[:, None]])
+        slots[block_keys[surplus]] = free[surplus]
+    contested = np.concatenate(contested)
+    if contested.size:
+        # more boundary rows entered than there are free slots: the largest (action, y1, x1, y2, x2) tuples stay
+        b = rows.boxes[contested]
+        ck = key[contested]
+        order = np.lexsort((b[:, 2], b[:, 3], b[:, 0], b[:, 1], rows.actions[contested], ck))
+        ck = ck[order]
+        ends = np.r_[np.flatnonzero(ck[1:] != ck[:-1]), ck.size - 1]
+        from_end = np.repeat(ends, np.diff(np.r_[-1, ends])) - np.arange(ck.size)
+        keep[contested[order[from_end < slots[ck]]]] = True
     if exact_keys:  # their kept rows come from the heap replay; keep them all here so the keys stay listed
         keep[np.isin(key, np.fromiter(exact_keys, dtype=np.int64))] = True
     return keep, exact_keys
+
+
+def _equal_length_blocks(segments, starts, lengths):
+    """For each distinct length ``L`` of the segments ``[starts[i], starts[i] + lengths[i])``: (their ids
+    ``segments[...]`` (M,), their positions (M, L) int64), segments in their given order."""
+    if not lengths.size:
+        return
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length]
+    bounds = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1], True])
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        chosen = by_length[a:b]
+        yield segments[chosen], starts[chosen][:, None] + np.arange(int(sorted_lengths[a]))
 
 
 def _order_index(rows: AvaRows, key, keep, order_rule):
@@ -297,48 +319,71 @@ def _order_index(rows: AvaRows, key, keep, order_rule):
     the heap layout's order wherever it matters, see ``_replay_heaps``)."""
     def work(a, b):
         index = a + np.flatnonzero(keep[a:b])
+        by_key = _stable_key_order(key[index])
+        if by_key is not None:
+            index = index[by_key]
         if order_rule != "file":
-            index = index[np.argsort(-rows.scores[index], kind="stable")]
-        return index[_stable_key_order(key[index])]
+            _sort_within_keys(index, key[index], rows.scores)
+        return index
 
     return np.concatenate(_in_two_key_ranges(key, work))
 
 
+def _sort_within_keys(index, index_key, scores):
+    """Stably sort each run of equal ``index_key`` in ``index`` (in place) by descending ``scores[index]``: one
+    row-wise sort per 2-D block of equally long runs."""
+    if index.size < 2:
+        return
+    starts = np.flatnonzero(np.r_[True, index_key[1:] != index_key[:-1]])
+    lengths = np.diff(np.r_[starts, index.size])
+    runs = np.flatnonzero(lengths > 1)
+    for _, positions in _equal_length_blocks(runs, starts[runs], lengths[runs]):
+        members = index[positions]
+        index[positions] = np.take_along_axis(members, np.argsort(-scores[members], axis=1, kind="stable"), 1)
+
+
 def _stable_key_order(keys):
-    """Stable argsort of non-negative int keys; identity when already sorted, radix sort when they fit 16 bits."""
-    if not keys.size or not (keys[1:] < keys[:-1]).any():
-        return np.arange(keys.size)
+    """Stable argsort of non-negative int keys, None when they are already sorted (radix sort when they fit
+    16 bits)."""
+    if not (keys[1:] < keys[:-1]).any():
+        return None
     return np.argsort(keys.astype(np.uint16) if keys.max() < 2 ** 16 else keys, kind="stable")
 
 
 def _gather(rows: AvaRows, key, index) -> _Boxes:
-    """The rows ``index`` (in that order), boxes turned to ``y1, x1, y2, x2`` in one gather."""
+    """The rows ``index`` of ``rows`` (in that order)."""
     return _Boxes(key=key[index], action=rows.actions[index], score=rows.scores[index],
-                  boxes=rows.boxes[index[:, None], _YXYX], line=rows.lines[index])
+                  boxes=np.take(rows.boxes, index, axis=0), line=rows.lines[index])
 
 
-_YXYX = np.array([1, 0, 3, 2])
-"""Columns of an ``x1, y1, x2, y2`` box in the official ``y1, x1, y2, x2`` layout."""
+def _subset(boxes: _Boxes, chosen) -> _Boxes:
+    """The rows ``chosen`` (bool mask or indices) of ``boxes``."""
+    return _Boxes(key=boxes.key[chosen], action=boxes.action[chosen], score=boxes.score[chosen],
+                  boxes=boxes.boxes[chosen], line=boxes.line[chosen])
 
 
 def _replay_heaps(rows: AvaRows, key, index, capacity, exact_keys):
-    """Replace the rows of each key in ``exact_keys`` by the official heap's kept rows, in its order."""
+    """Replace the rows of each key in ``exact_keys`` by the official heap's kept rows, in its order (``index``
+    holds each key's rows as one block)."""
     if not exact_keys:
         return index
+    wanted = np.fromiter(exact_keys, dtype=np.int64)
     index_key = key[index]
-    boundaries = np.flatnonzero(np.r_[True, index_key[1:] != index_key[:-1], True])
-    replay = np.flatnonzero(np.isin(key, np.fromiter(exact_keys, dtype=np.int64)))
+    at = np.flatnonzero(np.isin(index_key, wanted))
+    if not at.size:
+        return index
+    first = np.flatnonzero(np.r_[True, index_key[at[1:]] != index_key[at[:-1]]])  # one run of `at` per key
+    starts, ends = at[first], at[np.r_[first[1:] - 1, at.size - 1]] + 1
+    replay = np.flatnonzero(np.isin(key, wanted))
     replay = replay[np.argsort(key[replay], kind="stable")]  # all rows of those keys, file order within a key
     replay_bounds = np.flatnonzero(np.r_[True, key[replay][1:] != key[replay][:-1], True])
     members = {int(key[replay[s]]): replay[s:e] for s, e in zip(replay_bounds[:-1], replay_bounds[1:])}
-    parts = []
-    for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
-        k = int(index_key[start])
-        if k in members:
-            parts.append(np.asarray(_heap_order(rows, members[k], capacity), dtype=np.int64))
-        else:
-            parts.append(index[start:end])
-    return np.concatenate(parts) if parts else index
+    parts, done = [], 0
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        parts += [index[done:start], np.asarray(_heap_order(rows, members[int(index_key[start])], capacity),
+                                                dtype=np.int64)]
+        done = end
+    return np.concatenate(parts + [index[done:]])
 
 
 def _heap_order(rows: AvaRows, members, capacity):
@@ -358,7 +403,7 @@ def _heap_order(rows: AvaRows, members, capacity):
 
 def _valid_detections(det: _Boxes, rules: Protocol, path: Path) -> _Boxes:
     """Drop boxes with ``y1 >= y2`` or ``x1 >= x2`` (official); for mmaction2 an inverted box is an error."""
-    y1, x1, y2, x2 = det.boxes.T
+    x1, y1, x2, y2 = det.boxes.T
     if not rules.drop_invalid_detections:
         inverted = np.flatnonzero((y1 > y2) | (x1 > x2))
         if inverted.size:
@@ -367,10 +412,7 @@ def _valid_detections(det: _Boxes, rules: Protocol, path: Path) -> _Boxes:
                 f"{rules.name} ('Invalid box data'); fix the box or evaluate with --protocol activitynet2019")
         return det
     valid = (y1 < y2) & (x1 < x2)
-    if valid.all():
-        return det
-    return _Boxes(key=det.key[valid], action=det.action[valid], score=det.score[valid], boxes=det.boxes[valid],
-                  line=det.line[valid])
+    return det if valid.all() else _subset(det, valid)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,22 +426,39 @@ def _pairs(det: _Boxes, gt: _Boxes):
     width = np.int64(max(int(det.action.max(initial=0)), int(gt.action.max(initial=0))) + 1)
     gt_group = gt.key * width + gt.action
     gt_sorted = np.argsort(gt_group, kind="stable")
+    sorted_groups = gt_group[gt_sorted]
+    first = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    groups = sorted_groups[first]
     det_group = det.key * width + det.action
-    start = np.searchsorted(gt_group[gt_sorted], det_group, side="left")
-    count = np.searchsorted(gt_group[gt_sorted], det_group, side="right") - start
+    span = max(int(groups[-1]), int(det_group.max(initial=0))) + 1
+    if span <= _GROUP_TABLE_MAX:
+        slot_of_group = np.full(span, groups.size, dtype=np.int32)  # groups.size: no ground truth
+        slot_of_group[groups] = np.arange(groups.size, dtype=np.int32)
+        slot = slot_of_group[det_group]
+    else:
+        slot = np.searchsorted(groups, det_group)
+        slot[groups[np.minimum(slot, groups.size - 1)] != det_group] = groups.size
+    start = np.r_[first, 0][slot]
+    count = np.r_[np.diff(np.r_[first, gt_group.size]), 0][slot]
     offsets = np.r_[0, np.cumsum(count)]
     det_index = np.repeat(np.arange(len(det_group)), count)
     gt_index = gt_sorted[start[det_index] + np.arange(offsets[-1]) - offsets[det_index]]
     return det_index, gt_index, offsets
 
 
+_GROUP_TABLE_MAX = 1 << 24
+"""Largest (keyframe, class) code range looked up in a dense table (int32, 64 MB) rather than by binary search."""
+
+
 def _iou(d, g):
-    """IoU of paired boxes ``(P, 4)`` y1, x1, y2, x2 with the official operation order (no +1)."""
-    ih = np.maximum(0.0, np.minimum(d[:, 2], g[:, 2]) - np.maximum(d[:, 0], g[:, 0]))
-    iw = np.maximum(0.0, np.minimum(d[:, 3], g[:, 3]) - np.maximum(d[:, 1], g[:, 1]))
+    """IoU of paired boxes ``(P, 4)`` x1, y1, x2, y2 with the official operation order (no +1)."""
+    dx1, dy1, dx2, dy2 = d.T
+    gx1, gy1, gx2, gy2 = g.T
+    ih = np.maximum(0.0, np.minimum(dy2, gy2) - np.maximum(dy1, gy1))
+    iw = np.maximum(0.0, np.minimum(dx2, gx2) - np.maximum(dx1, gx1))
     inter = ih * iw
-    area_d = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])
-    area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    area_d = (dy2 - dy1) * (dx2 - dx1)
+    area_g = (gy2 - gy1) * (gx2 - gx1)
     return inter / ((area_d + area_g) - inter)
 
 
@@ -450,9 +509,10 @@ def _tie_sensitive_detection_keys(det: _Boxes, eligible):
     if not same.any():
         return set()
     run = np.cumsum(np.r_[True, ~same]) - 1
-    run_size = np.bincount(run)
-    run_eligible = np.bincount(run, weights=eligible) > 0
-    members = np.flatnonzero((run_size[run] > 1) & run_eligible[run])
+    run_eligible = np.zeros(run[-1] + 1, dtype=bool)
+    run_eligible[run[eligible]] = True
+    tied = np.r_[same, False] | np.r_[False, same]  # in a run of two or more
+    members = np.flatnonzero(tied & run_eligible[run])
     if not members.size:
         return set()
     order = members[np.lexsort((det.action[members], run[members]))]
@@ -486,7 +546,7 @@ def _tie_sensitive_gt_keys(det, gt, det_index, gt_index, iou, best_of_pair, elig
 def _check_ground_truth_boxes(gt: _Boxes, det: _Boxes, path: Path, key_names):
     """Inverted ground-truth boxes: an error where the official code would crash (the keyframe has a detection of
     that class), else a warning (it never looks at them)."""
-    y1, x1, y2, x2 = gt.boxes.T
+    x1, y1, x2, y2 = gt.boxes.T
     inverted = np.flatnonzero((y1 > y2) | (x1 > x2))
     if not inverted.size:
         return
@@ -506,13 +566,15 @@ def _check_ground_truth_boxes(gt: _Boxes, det: _Boxes, path: Path, key_names):
 def _average_precisions(det: _Boxes, tp, num_gt, num_classes, tie_order):
     """AP per class index (0-based), NaN where ``num_gt`` is 0: all-points interpolated AP of the detections
     ranked by ``argsort(scores)[::-1]`` over the per-class concatenation in image order."""
-    by_class = np.argsort(det.action, kind="stable")  # det is already in image order
+    by_class = _stable_key_order(det.action)  # det is already in image order
+    if by_class is None:
+        by_class = np.arange(det.action.size)
     actions = det.action[by_class]
     scores = det.score[by_class]
     flags = tp[by_class]
     starts = np.searchsorted(actions, np.arange(1, num_classes + 2))
     if tie_order == "numpy1":
-        order = legacy_argsort(scores, starts[:-1], relevant=_in_mixed_score_groups(actions, scores, flags),
+        order = legacy_argsort(scores, starts[:-1], relevant=_in_mixed_score_groups(starts, scores, flags),
                                threads=2)
     else:
         # stable: ascending score, ties by descending image order, so that after the reversal below equal
@@ -527,20 +589,22 @@ def _average_precisions(det: _Boxes, tp, num_gt, num_classes, tie_order):
     return ap
 
 
-def _in_mixed_score_groups(actions, scores, flags):
+def _in_mixed_score_groups(starts, scores, flags):
     """True for detections whose (class, score) group holds both true and false positives: the only ones whose
-    tie order can change AP."""
-    if actions.size == 0:
+    tie order can change AP. ``starts``: offsets of the classes' runs in ``scores`` / ``flags``."""
+    if scores.size == 0:
         return np.zeros(0, dtype=bool)
-    order = np.argsort(scores)  # ties in any order: only the grouping is read
-    order = order[_stable_key_order(actions[order])]
-    a, s = actions[order], scores[order]
-    new_group = np.r_[True, (a[1:] != a[:-1]) | ~((s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1])))]
+    order = np.arange(scores.size)
+    for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()):
+        order[first:end] = first + np.argsort(scores[first:end])  # ties in any order: only groups are read
+    s = scores[order]
+    new_group = np.r_[True, ~((s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1])))]
+    new_group[starts[:-1][starts[:-1] < scores.size]] = True
     group = np.cumsum(new_group) - 1
     true_positives = np.bincount(group, weights=flags[order])
     sizes = np.bincount(group)
     mixed = (true_positives > 0) & (true_positives < sizes)
-    relevant = np.empty(actions.size, dtype=bool)
+    relevant = np.empty(scores.size, dtype=bool)
     relevant[order] = mixed[group]
     return relevant
 

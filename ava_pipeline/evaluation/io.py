@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import decimal
+import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
     # the 2019 key and the action id depend only on int() of the text: pyarrow's int64 parse accepts a subset
     # of what int() accepts, with the same value
     types.update(video=text, time=pa.int64() if key_function is key_2019 else text, action=pa.int64())
-    converter = _BatchConverter(key_function, whitelist)
+    converter = _BatchConverter(key_function, whitelist, path.stat().st_size)
     options = dict(
         read_options=arrow_csv.ReadOptions(column_names=names, block_size=_BLOCK_BYTES),
         parse_options=arrow_csv.ParseOptions(ignore_empty_lines=False, newlines_in_values=False),
@@ -132,21 +133,19 @@ def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
                                                  quoted_strings_can_be_null=False))
 
     def parse(piece):
-        return arrow_csv.read_csv(pa.BufferReader(piece), **options)
+        return len(piece), arrow_csv.read_csv(pa.BufferReader(piece), **options)
 
-    parts = []
     try:
-        for table in _parsed_ahead(_pieces(path), parse):
+        for piece_bytes, table in _parsed_ahead(_pieces(path), parse):
+            converter.expect_rows_like(piece_bytes, table.num_rows)
             for batch in table.to_batches():
-                part = converter.convert(batch)
-                if part is None:
+                if not converter.convert(batch):
                     return None
-                parts.append(part)
     except (pa.ArrowException, OSError, ValueError):  # any parse problem: the careful reader finds and names it
         return None
     finally:
-        pa.default_memory_pool().release_unused()  # hand the parse buffers back before the arrays are joined
-    return {"pair_keys": converter.pair_keys, "key_only_keys": (), **_concatenate(parts)}
+        pa.default_memory_pool().release_unused()  # hand the parse buffers back
+    return {"pair_keys": converter.pair_keys, "key_only_keys": (), **converter.columns.filled()}
 
 
 _COLUMN_NAMES = ("video", "time", "x1", "y1", "x2", "y2", "action", "score")
@@ -158,7 +157,8 @@ blocks of a piece in parallel."""
 
 def _parsed_ahead(pieces, parse):
     """``parse(piece)`` for each piece, in order, the next one parsed on a worker thread while the caller
-    converts the current one (pyarrow releases the GIL)."""
+    converts the current one (pyarrow releases the GIL). A piece's parse has finished before the piece after
+    the next one is drawn from ``pieces`` (``_pieces`` relies on it to reuse its buffers)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
@@ -173,21 +173,36 @@ def _parsed_ahead(pieces, parse):
 
 
 def _pieces(path: Path):
-    """The file's bytes in consecutive pieces that end at a line end (memoryviews of fresh buffers)."""
+    """The file's bytes in consecutive pieces that end at a line end (memoryviews). The three buffers are reused
+    in turn (no fresh pages to fault in), so a piece stays valid until the third piece after it is drawn."""
+    buffers = [np.empty(0, dtype=np.uint8)] * 3
     with open(path, "rb") as handle:
         rest = b""
-        while True:
-            piece = bytearray(len(rest) + _PIECE_BYTES)
-            piece[:len(rest)] = rest
-            size = len(rest) + handle.readinto(memoryview(piece)[len(rest):])
+        for turn in itertools.count():
+            if buffers[turn % 3].size < len(rest) + _PIECE_BYTES:
+                buffers[turn % 3] = np.empty(len(rest) + _PIECE_BYTES, dtype=np.uint8)
+            piece = buffers[turn % 3]
+            piece[:len(rest)] = np.frombuffer(rest, dtype=np.uint8)
+            view = memoryview(piece)[:len(rest) + _PIECE_BYTES]
+            size = len(rest) + handle.readinto(view[len(rest):])
             if size == len(rest):
                 if rest:
                     yield memoryview(rest)
                 return
-            cut = piece.rfind(b"\n", 0, size) + 1
+            cut = _last_line_end(piece, size)
+            rest = bytes(view[cut:size])
             if cut:
-                yield memoryview(piece)[:cut]
-            rest = bytes(piece[cut:size])
+                yield view[:cut]
+
+
+def _last_line_end(piece, size):
+    """Offset just after the last newline in ``piece[:size]`` (uint8 array), 0 if it has none."""
+    tail = max(0, size - (1 << 16))
+    for start, end in ((tail, size), (0, tail)):
+        newlines = np.flatnonzero(piece[start:end] == ord("\n"))
+        if newlines.size:
+            return start + int(newlines[-1]) + 1
+    return 0
 
 
 def _plain_width(path: Path):
@@ -203,67 +218,143 @@ def _plain_width(path: Path):
 
 class _BatchConverter:
     """Turns pyarrow record batches into whitelisted numpy columns with file-wide ids (each batch has its own
-    dictionaries): ``pair_keys[i]`` is the key of (video, timestamp) string pair ``i``."""
+    dictionaries), written straight into ``columns``: ``pair_keys[i]`` is the key of (video, timestamp) string
+    pair ``i``."""
 
-    def __init__(self, key_function: KeyFunction, whitelist):
+    def __init__(self, key_function: KeyFunction, whitelist, file_bytes: int):
         self.key_function = key_function
-        self.whitelist = whitelist
-        self.videos, self.times, self.actions = {}, {}, {}
+        self.file_bytes = file_bytes
+        if whitelist is None:
+            self.allowed = None
+        else:  # allowed[action - low + 1]; the first and last entries (out of range) are False
+            self.low = min(whitelist, default=0)
+            self.allowed = np.zeros(max(whitelist, default=0) - self.low + 3, dtype=bool)
+            self.allowed[np.fromiter(whitelist, dtype=np.int64, count=len(whitelist)) - self.low + 1] = True
+        small_ints = file_bytes < 2 ** 31  # a line takes at least 2 bytes: row and pair numbers fit int32
+        action_type = (np.int32 if whitelist is not None and all(abs(a) < 2 ** 31 for a in whitelist)
+                       else np.int64)
+        self.columns = _Columns(boxes=(np.float64, 4), scores=(np.float64, None),
+                                pair_index=(np.int32 if small_ints else np.int64, None),
+                                actions=(action_type, None), lines=(np.int32 if small_ints else np.int64, None))
+        self.videos, self.times = _Names(), _Names()
         self.pair_ids = {}
         self.pair_keys = []
         self.rows = 0
 
-    def convert(self, batch):
-        """The batch's whitelisted rows as a dict of numpy columns, or None when a value needs the careful
-        reader (an action id that is no integer, a timestamp the key function rejects)."""
-        video_codes, videos = _codes(batch.column(0))
-        time_codes, times = _codes(batch.column(1))
-        action_codes, action_texts = _codes(batch.column(6))
+    def expect_rows_like(self, piece_bytes: int, piece_rows: int):
+        """Size the columns, on the first piece, for a file as dense in rows as that piece (2 % spare)."""
+        if self.columns.capacity == 0 and piece_bytes:
+            self.columns.grow(int(piece_rows * self.file_bytes / piece_bytes * 1.02) + 1024)
+
+    def convert(self, batch) -> bool:
+        """Append the batch's whitelisted rows; False when a value needs the careful reader (a timestamp the
+        key function rejects)."""
+        video_codes, video_ids = _codes(batch.column(0), self.videos)
+        time_codes, time_ids = _codes(batch.column(1), self.times)
+        actions = _numpy_view(batch.column(6), np.int64)
         try:
-            action_of_code = np.array([self._action(a) for a in action_texts], dtype=np.int64)
-            pair_of_row = self._pairs(video_codes, videos, time_codes, times)
+            pair_of_row = self._pairs(video_codes, video_ids, time_codes, time_ids)
         except (ValueError, OverflowError):
-            return None
-        kept_code = (np.ones(len(action_texts), dtype=bool) if self.whitelist is None
-                     else np.isin(action_of_code, np.fromiter(self.whitelist, dtype=np.int64)))
-        kept = np.flatnonzero(kept_code[action_codes])
-        boxes = np.empty((kept.size, 4), dtype=np.float64)
+            return False
+        if self.allowed is None:
+            kept = slice(None)
+            count = batch.num_rows
+        else:
+            kept = np.flatnonzero(self.allowed[np.clip(actions - (self.low - 1), 0, self.allowed.size - 1)])
+            count = kept.size
+        start = self.columns.extend(count)
+        end = start + count
+        boxes = self.columns.boxes
         for j in range(4):
-            boxes[:, j] = _numpy_view(batch.column(2 + j), np.float64)[kept]
-        scores = (_numpy_view(batch.column(7), np.float64)[kept] if batch.num_columns == 8
-                  else np.ones(kept.size, dtype=np.float64))
-        part = {"pair_index": pair_of_row[kept], "actions": action_of_code.astype(np.int32)[action_codes[kept]],
-                "boxes": boxes, "scores": scores, "lines": (self.rows + 1 + kept).astype(np.int64)}
+            boxes[start:end, j] = _numpy_view(batch.column(2 + j), np.float64)[kept]
+        self.columns.scores[start:end] = (_numpy_view(batch.column(7), np.float64)[kept]
+                                          if batch.num_columns == 8 else 1.0)
+        self.columns.pair_index[start:end] = pair_of_row[kept]
+        self.columns.actions[start:end] = actions[kept]
+        self.columns.lines[start:end] = np.arange(self.rows + 1, self.rows + 1 + batch.num_rows)[kept]
         self.rows += batch.num_rows
-        return part
+        return True
 
-    def _action(self, text):
-        if text not in self.actions:
-            self.actions[text] = int(text)
-        return self.actions[text]
-
-    def _pairs(self, video_codes, videos, time_codes, times):
-        """File-wide pair id per row (int32); computes the key of every new pair (ValueError if rejected)."""
-        video_ids = [self.videos.setdefault(v, len(self.videos)) for v in videos]
-        time_ids = [self.times.setdefault(t, len(self.times)) for t in times]
-        width = max(len(times), 1)
+    def _pairs(self, video_codes, video_ids, time_codes, time_ids):
+        """File-wide pair id per row (int32) from per-row codes into ``video_ids`` / ``time_ids`` (file-wide ids:
+        numbered texts, or the int64 timestamp itself); computes the key of every new pair (ValueError if the key
+        function rejects it, or when the ids do not fit the packed pair code)."""
+        width = max(time_ids.size, 1)
         distinct, slot_of_row = _distinct(video_codes.astype(np.int64) * width + time_codes)
-        global_id = np.empty(distinct.size, dtype=np.int32)
-        for slot, (v, t) in enumerate(zip(*divmod(distinct, width))):
-            pair = (video_ids[v], time_ids[t])
-            if pair not in self.pair_ids:
-                self.pair_keys.append(self.key_function(videos[v], times[t]))
-                self.pair_ids[pair] = len(self.pair_ids)
-            global_id[slot] = self.pair_ids[pair]
-        return global_id[slot_of_row]
+        pair_video, pair_time = video_ids[distinct // width], time_ids[distinct % width]
+        if len(self.videos.texts) >= 1 << 23 or (pair_time.size and (
+                pair_time.min() < -_TIME_BIAS or pair_time.max() >= _TIME_BIAS)):
+            raise ValueError("pair ids out of the packed range")
+        pair_ids = []
+        for code, video, time in zip(((pair_video << 40) + (pair_time + _TIME_BIAS)).tolist(),
+                                     pair_video.tolist(), pair_time.tolist()):
+            pair = self.pair_ids.get(code)
+            if pair is None:
+                pair = self.pair_ids[code] = len(self.pair_keys)
+                time_text = self.times.texts[time] if self.times.texts else str(time)
+                self.pair_keys.append(self.key_function(self.videos.texts[video], time_text))
+            pair_ids.append(pair)
+        return np.array(pair_ids, dtype=np.int32)[slot_of_row]
 
 
-def _codes(array):
-    """(int codes (N,), list of the distinct values as text) of a dictionary-encoded or int64 pyarrow array."""
+_TIME_BIAS = 1 << 39
+"""Pair code = video id << 40 | (timestamp id + _TIME_BIAS): int64 timestamps within +-2**39 s, 2**23 videos."""
+
+
+class _Names:
+    """Texts numbered in order of first sight (``texts[id]``)."""
+
+    def __init__(self):
+        self.ids = {}
+        self.texts = []
+
+    def number(self, texts) -> np.ndarray:
+        """File-wide ids (int64) of ``texts``."""
+        for text in texts:
+            if text not in self.ids:
+                self.ids[text] = len(self.texts)
+                self.texts.append(text)
+        return np.array([self.ids[text] for text in texts], dtype=np.int64)
+
+
+class _Columns:
+    """Growable numpy columns filled front to back: ``name=(dtype, width or None)``. Capacity beyond the filled
+    rows is never written, so it costs address space, not memory."""
+
+    def __init__(self, **layout):
+        self.layout = layout
+        self.capacity = 0
+        self.size = 0
+        for name, (dtype, width) in layout.items():
+            setattr(self, name, np.empty((0,) if width is None else (0, width), dtype=dtype))
+
+    def grow(self, capacity: int):
+        for name, (dtype, width) in self.layout.items():
+            old = getattr(self, name)
+            new = np.empty((capacity,) if width is None else (capacity, width), dtype=dtype)
+            new[:self.size] = old[:self.size]
+            setattr(self, name, new)
+        self.capacity = capacity
+
+    def extend(self, count: int) -> int:
+        """Make room for ``count`` more rows; returns the first row's index."""
+        start = self.size
+        if start + count > self.capacity:
+            self.grow(max(start + count, self.capacity + self.capacity // 2))
+        self.size = start + count
+        return start
+
+    def filled(self) -> dict:
+        return {name: getattr(self, name)[:self.size] for name in self.layout}
+
+
+def _codes(array, names: _Names):
+    """(int codes (N,), file-wide id of each code (int64)) of a pyarrow array: dictionary-encoded texts get ids
+    from ``names``; an int64 array's ids are its distinct values."""
     if not hasattr(array, "dictionary"):
         distinct, codes = _distinct(_numpy_view(array, np.int64))
-        return codes, [str(v) for v in distinct.tolist()]
-    return _numpy_view(array.indices, np.int32), array.dictionary.to_pylist()
+        return codes, distinct
+    return _numpy_view(array.indices, np.int32), names.number(array.dictionary.to_pylist())
 
 
 def _distinct(values):
@@ -289,23 +380,6 @@ def _numpy_view(array, dtype):
     pandas)."""
     itemsize = np.dtype(dtype).itemsize
     return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * itemsize)
-
-
-def _concatenate(parts):
-    """Join the per-batch column dicts, one column at a time and releasing each part as it is copied."""
-    total = sum(len(part["scores"]) for part in parts)
-    columns = {}
-    for name in ("boxes", "scores", "pair_index", "actions", "lines"):
-        first = parts[0][name] if parts else np.zeros(0)
-        dtype = np.int32 if name == "lines" and total < 2 ** 31 - 1 else first.dtype
-        joined = np.empty((total,) + first.shape[1:], dtype=dtype)
-        offset = 0
-        for part in parts:
-            chunk = part.pop(name)
-            joined[offset:offset + len(chunk)] = chunk
-            offset += len(chunk)
-        columns[name] = joined
-    return columns
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,7 +471,8 @@ def _is_float(text: str) -> bool:
 def _assemble(path: Path, columns, whitelist) -> AvaRows:
     """Apply the whitelist and number the keys in order of their first whitelisted row."""
     pair_keys = columns["pair_keys"]
-    all_keys = set(pair_keys).union(columns["key_only_keys"])
+    distinct_keys = set(pair_keys)
+    all_keys = distinct_keys.union(columns["key_only_keys"])
     actions = columns["actions"]
     if whitelist is None:
         keep = np.ones(len(actions), dtype=bool)
@@ -409,13 +484,16 @@ def _assemble(path: Path, columns, whitelist) -> AvaRows:
         for name in ("pair_index", "boxes", "actions", "scores", "lines"):
             columns[name] = columns[name][keep]
     pair_index = columns["pair_index"]
-    # distinct (video, timestamp) strings can give the same key ("0902" and "902"): merge them
-    key_of_pair = {}
-    merged = np.array([key_of_pair.setdefault(k, len(key_of_pair)) for k in pair_keys], dtype=np.int64)
-    key_strings = list(key_of_pair)
+    if len(distinct_keys) == len(pair_keys):
+        merged, key_strings = np.arange(len(pair_keys)), pair_keys
+    else:  # distinct (video, timestamp) strings can give the same key ("0902" and "902"): merge them
+        key_of_pair = {}
+        merged = np.array([key_of_pair.setdefault(k, len(key_of_pair)) for k in pair_keys], dtype=np.int64)
+        key_strings = list(key_of_pair)
     row_key = merged[pair_index] if len(pair_index) else np.zeros(0, dtype=np.int64)
     first_row = np.full(len(key_strings), len(row_key), dtype=np.int64)
-    np.minimum.at(first_row, row_key, np.arange(len(row_key)))
+    run_starts = np.flatnonzero(np.r_[True, row_key[1:] != row_key[:-1]]) if len(row_key) else row_key
+    np.minimum.at(first_row, row_key[run_starts], run_starts)  # a key's first row starts a run of its rows
     del pair_index
     present = np.flatnonzero(first_row < len(row_key))
     order = present[np.argsort(first_row[present], kind="stable")]

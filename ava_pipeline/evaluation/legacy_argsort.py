@@ -82,7 +82,6 @@ def _sort_segments(values, starts, relevant):
     lo, hi = starts[sizes > 1], ends[sizes > 1] - 1
     depth = 2 * _floor_log2(hi - lo + 1)
     checked = np.ones(lo.size, dtype=bool)
-    finished_lo, finished_hi = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     while lo.size:
         exhausted = checked & (depth < 0)
         for first, last in zip(lo[exhausted], hi[exhausted]):
@@ -90,8 +89,6 @@ def _sort_segments(values, starts, relevant):
         small = ~exhausted & (hi - lo + 1 <= SMALL_PARTITION)
         if relevant is not None:
             small |= ~exhausted & ~_holds_relevant(relevant, order, lo, hi)
-        finished_lo.append(lo[small])
-        finished_hi.append(hi[small])
         big = ~exhausted & ~small
         lo, hi, depth = lo[big], hi[big], depth[big]
         if not lo.size:
@@ -106,7 +103,11 @@ def _sort_segments(values, starts, relevant):
         depth = np.repeat(depth - 1, 2)
         keep = hi > lo
         lo, hi, depth, checked = lo[keep], hi[keep], depth[keep], checked[keep]
-    _stable_sort_segments(order, current, np.concatenate(finished_lo), np.concatenate(finished_hi))
+    # partitions left are in place relative to each other (values <= those right of them, >= those left of
+    # them), so one stable sort per segment finishes them all as insertion sort would
+    for first, end in zip(starts[sizes > 1].tolist(), ends[sizes > 1].tolist()):
+        within = np.argsort(current[first:end], kind="stable")
+        order[first:end] = order[first:end][within]
     return order
 
 
@@ -175,7 +176,7 @@ def _partition(order, current, lo, hi):
     right_total = right_cum[ends]       # right stops up to the segment's end
     # L[k] < R[k]  <=>  (#right stops after L[k]) > k  <=>  left_cum + right_cum <= right_total + left_base
     swapped_left = left_stop & (left_cum + right_cum <= np.repeat(right_total + left_base, sizes))
-    swaps = np.add.reduceat(swapped_left, offsets).astype(np.int64)
+    swaps = np.add.reduceat(swapped_left, offsets, dtype=np.int32)  # int32 like the cumsums it meets
     swapped_right = right_stop & (right_cum > np.repeat(right_total - swaps, sizes))
     left_packed = np.flatnonzero(swapped_left)
     right_packed = np.flatnonzero(swapped_right)
@@ -191,18 +192,6 @@ def _partition(order, current, lo, hi):
     pivot_position = final + shift
     _swap(order, current, pivot_position, hi - 1)
     return pivot_position
-
-
-def _stable_sort_segments(order, current, lo, hi):
-    """Insertion-sort (i.e. stably sort) each segment ``[lo[i], hi[i]]`` of ``order`` by ``current``, in place."""
-    if not lo.size:
-        return
-    sizes = hi - lo + 1
-    segment = np.repeat(np.arange(lo.size), sizes)
-    position = np.arange(segment.size) - (np.cumsum(sizes) - sizes)[segment] + lo[segment]
-    within = np.lexsort((current[position], segment))
-    order[position] = order[position[within]]
-    current[position] = current[position[within]]
 
 
 def _heapsort_in_place(order, current, first, last):

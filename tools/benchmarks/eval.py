@@ -59,9 +59,11 @@ def run(args):
                str(paths["det"]), "--exclusions", str(paths["excluded"]), "--labelmap", str(labelmap),
                "--json", str(ours_json)]
     load = os.getloadavg()[0]
-    ours_time, ours_rss, _, ours_cpu = _measure(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    ours_time, ours_rss, _, (ours_user, ours_system) = _measure(command, cwd=REPO,
+                                                               env=dict(os.environ, PYTHONPATH=str(REPO)))
     ours = json.loads(ours_json.read_text())
-    print(f"ava-eval:  {ours_time:8.2f} s wall ({ours_cpu:.2f} s CPU), peak RSS {ours_rss:7.0f} MB, "
+    print(f"ava-eval:  {ours_time:8.2f} s wall ({ours_user + ours_system:.2f} s CPU: {ours_user:.2f} user + "
+          f"{ours_system:.2f} system), peak RSS {ours_rss:7.0f} MB, "
           f"mAP {ours['PascalBoxes_Precision/mAP@0.5IOU']:.12f}; 1-min load average {load:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
 
@@ -110,7 +112,8 @@ def _official_result(args, paths, labelmap, ours_time, ours_rss):
 
 
 def _measure(command, cwd, env):
-    """Run ``command``; returns (wall seconds, peak RSS MB of that child alone, its stdout, its CPU seconds)."""
+    """Run ``command``; returns (wall seconds, peak RSS MB of that child alone, its stdout, its (user, system) CPU
+    seconds)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -121,7 +124,7 @@ def _measure(command, cwd, env):
         err.seek(0)
         if process.returncode:
             raise SystemExit(f"{command[0]} failed (exit {process.returncode}):\n{err.read()[-2000:]}")
-        return elapsed, usage.ru_maxrss / 1024, out.read(), usage.ru_utime + usage.ru_stime
+        return elapsed, usage.ru_maxrss / 1024, out.read(), (usage.ru_utime, usage.ru_stime)
 
 
 if __name__ == "__main__":
