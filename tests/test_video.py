@@ -8,13 +8,14 @@ import gc
 import subprocess
 from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import pytest
 
 from ava_pipeline.errors import VideoDecodeError
-from ava_pipeline.video import (VideoReader, VideoTruncatedError, _NeededFrames, _SourceFrame, iter_clips,
-                                keyframe_schedule, keyframes_from_boxes)
+from ava_pipeline.video import (VideoReader, VideoTruncatedError, _NeededFrames, _PooledRgbConverter, _SourceFrame,
+                                _upright_rgb, iter_clips, keyframe_schedule, keyframes_from_boxes)
 from tests.videos import (ffmpeg_available, ffmpeg_grid_indices, index_image, read_index, write_index_video)
 
 needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg is not installed")
@@ -159,6 +160,9 @@ def test_ring_stays_bounded(tmp_path):
     live = [decoded_frames_alive() - before for _ in iter_clips(path, None, num_frames=4, sampling_rate=4)]
     assert len(live) == 10
     assert 0 < max(live) <= 4 * 4  # at most one clip span of grid frames, whatever the video's length
+    # Clips 1 s apart and 16 grid frames long share no frames: a yielded clip's frames have left the ring,
+    # only the newest decoded frame (kept to fill the next grid slots) remains.
+    assert max(live) <= 2
 
 
 def test_edge_clips_repeat_edge_frames_and_late_keyframes_are_reported(tmp_path):
@@ -206,6 +210,147 @@ def test_keyframe_schedules():
     for bad in ("902", "a:b", "5:1", "0:10:0", "1:2:3:4"):
         with pytest.raises(ValueError, match="keyframes"):
             keyframe_schedule(bad, 10)
+
+
+# --- RGB conversion ------------------------------------------------------------------------------------------
+
+BT601, BT709, BT2020 = 5, 1, 9  # AVColorSpace codes (2: unspecified, converted as BT.601)
+LIMITED, FULL = 1, 2  # AVColorRange codes (0: unspecified, i.e. limited unless the format is yuvj*)
+
+
+def random_frame(pix_fmt, width, height, colorspace=None, color_range=None, seed=0):
+    """A VideoFrame of random samples (10-bit formats: random 10-bit values), optionally colour-tagged."""
+    frame = av.VideoFrame(width, height, pix_fmt)
+    rng = np.random.default_rng(seed)
+    for plane in frame.planes:
+        if "10" in pix_fmt:
+            np.frombuffer(plane, np.uint16)[:] = rng.integers(0, 1024, plane.buffer_size // 2, dtype=np.uint16)
+        else:
+            np.frombuffer(plane, np.uint8)[:] = rng.integers(0, 256, plane.buffer_size, dtype=np.uint8)
+    if colorspace is not None:
+        frame.colorspace = colorspace
+    if color_range is not None:
+        frame.color_range = color_range
+    return frame
+
+
+def flat_yuv_frame(y, u, v, colorspace, color_range):
+    frame = av.VideoFrame(16, 8, "yuv420p")
+    for plane, value in zip(frame.planes, (y, u, v)):
+        np.frombuffer(plane, np.uint8)[:] = value
+    frame.colorspace, frame.color_range = colorspace, color_range
+    return frame
+
+
+def exact_rgb(y, u, v, kr, kb, full_range):
+    """Real-valued Y'CbCr -> R'G'B' (0..255) of one 8-bit sample with luma coefficients ``kr``, ``kb``."""
+    luma, cb, cr = ((y / 255, (u - 128) / 255, (v - 128) / 255) if full_range
+                    else ((y - 16) / 219, (u - 128) / 224, (v - 128) / 224))
+    red, blue = luma + 2 * (1 - kr) * cr, luma + 2 * (1 - kb) * cb
+    green = (luma - kr * red - kb * blue) / (1 - kr - kb)
+    return np.clip(np.array([red, green, blue]) * 255, 0, 255)
+
+
+@pytest.mark.parametrize("pix_fmt, size, colorspace, color_range", [
+    ("yuv420p", (96, 64), None, None),  # untagged: BT.601, limited range
+    ("yuv420p", (96, 64), BT709, LIMITED),
+    ("yuv420p", (96, 64), BT2020, LIMITED),
+    ("yuv420p", (96, 64), BT601, FULL),
+    ("yuv420p", (96, 64), BT709, FULL),
+    ("yuvj420p", (96, 64), None, None),  # full range by its format
+    ("yuv420p", (101, 75), None, None),  # odd sizes: chroma planes of ceil(size / 2)
+    ("yuv420p", (50, 30), BT709, LIMITED),  # 150-byte RGB rows: padded by FFmpeg, compacted by us
+    ("yuv422p", (64, 48), None, None),
+    ("yuv444p", (64, 48), BT709, FULL),
+    ("yuv420p10le", (64, 48), BT709, LIMITED),
+    ("nv12", (64, 48), None, None),
+    ("gray", (33, 17), None, None),
+    ("rgb24", (50, 30), None, None),  # no conversion needed
+])
+@pytest.mark.parametrize("pooled", [False, True], ids=["to_ndarray", "pooled"])
+def test_rgb_conversion_is_swscale_rgb24(pix_fmt, size, colorspace, color_range, pooled):
+    frame = random_frame(pix_fmt, *size, colorspace=colorspace, color_range=color_range)
+    expected = frame.to_ndarray(format="rgb24")  # PyAV's own conversion (its default settings)
+    image = (_PooledRgbConverter() if pooled else _upright_rgb)(frame, 0)
+    np.testing.assert_array_equal(image, expected)
+    assert image.shape == (size[1], size[0], 3) and image.dtype == np.uint8
+    assert image.flags.c_contiguous and not image.flags.writeable
+
+
+def test_pooled_conversion_follows_changes_of_size_format_and_tags():
+    convert = _PooledRgbConverter()
+    frames = [random_frame("yuv420p", 64, 48, seed=0), random_frame("yuv420p", 64, 48, BT709, FULL, seed=1),
+              random_frame("yuv420p", 64, 48, seed=2), random_frame("yuv444p", 64, 48, seed=3),
+              random_frame("yuv420p", 66, 50, seed=4), random_frame("yuv420p", 64, 48, seed=5)]
+    images = [convert(frame, 0) for frame in frames]  # all alive at once: pooled buffers are not shared
+    for frame, image in zip(frames, images):
+        np.testing.assert_array_equal(image, frame.to_ndarray(format="rgb24"))
+
+
+@pytest.mark.parametrize("colorspace, color_range, kr, kb", [
+    (None, None, 0.299, 0.114), (BT601, LIMITED, 0.299, 0.114), (BT709, LIMITED, 0.2126, 0.0722),
+    (BT601, FULL, 0.299, 0.114), (BT709, FULL, 0.2126, 0.0722), (BT2020, LIMITED, 0.2627, 0.0593),
+])
+def test_rgb_conversion_follows_the_colour_tags(colorspace, color_range, kr, kb):
+    for y, u, v in [(120, 90, 180), (200, 160, 100), (40, 128, 128), (16, 128, 128), (235, 128, 128)]:
+        frame = flat_yuv_frame(y, u, v, colorspace if colorspace is not None else 2, color_range or 0)
+        rgb = _upright_rgb(frame, 0)
+        assert np.all(rgb == rgb[0, 0])
+        exact = exact_rgb(y, u, v, kr, kb, full_range=color_range == FULL)
+        assert np.abs(rgb[0, 0] - exact).max() <= 3, (rgb[0, 0], exact)  # swscale's fast path: +-2 levels
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+@pytest.mark.parametrize("pooled", [False, True], ids=["to_ndarray", "pooled"])
+def test_rgb_conversion_turns_frames_upright(turns, pooled):
+    frame = random_frame("yuv420p", 37, 23, seed=turns)
+    image = (_PooledRgbConverter() if pooled else _upright_rgb)(frame, turns)
+    np.testing.assert_array_equal(image, np.rot90(frame.to_ndarray(format="rgb24"), turns))
+    assert image.flags.c_contiguous and not image.flags.writeable
+
+
+def test_clips_of_a_full_range_bt709_video_are_converted_by_its_tags(tmp_path):
+    path = tmp_path / "bt709_full.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = BT709, FULL
+        for index in range(70):
+            image = cv2.resize(np.random.default_rng(index).integers(0, 256, (8, 12, 3), np.uint8), (96, 64))
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame.reformat(format="yuv420p", dst_colorspace=BT709, dst_color_range=FULL)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert (decoded[0].colorspace, decoded[0].color_range) == (BT709, FULL)
+    clip, = iter_clips(path, [1], num_frames=4, sampling_rate=2)
+    for index, image in zip(clip.frame_indices, clip.frame_list):
+        np.testing.assert_array_equal(image, decoded[index].to_ndarray(format="rgb24"))
+    untagged = av.VideoFrame.from_ndarray(decoded[30].to_ndarray(), format="yuv420p")  # same samples, no tags
+    assert np.abs(clip.keyframe_image.astype(int) - untagged.to_ndarray(format="rgb24")).max() > 10
+
+
+def test_clips_are_the_same_when_they_wait_for_their_conversions(tmp_path, good_mkv, monkeypatch):
+    """Clips are yielded once their frames are converted, at the latest before those leave the ring; the
+    latest case (conversions never finished in time) gives the same clips, also on a damaged file."""
+    damaged = tmp_path / "damaged.mkv"
+    damaged.write_bytes(_corrupt(good_mkv.read_bytes(), 0.6))
+
+    def run(path):
+        clips, lost = [], None
+        try:
+            for clip in iter_clips(path, None, num_frames=8, sampling_rate=2):
+                clips.append((clip.keyframe_s, clip.frame_indices, [read_index(f) for f in clip.frames]))
+        except VideoTruncatedError as error:
+            lost = error.lost
+        return clips, lost
+
+    prompt = [run(good_mkv), run(damaged)]
+    monkeypatch.setattr(_SourceFrame, "converted", property(lambda self: False))
+    assert [run(good_mkv), run(damaged)] == prompt
+    assert len(prompt[0][0]) == 5 and prompt[1][0] and prompt[1][1]
 
 
 # --- bad files -----------------------------------------------------------------------------------------------

@@ -5,10 +5,14 @@ then, on the shortest one and in this run: a bare sequential PyAV decode (frames
 every frame converted to an RGB array, and ava_pipeline's iter_clips (every second a keyframe, 32x2 clips,
 consumed as produced: each clip's frames converted to RGB, not stacked into a copy). Throughput is reported
 as a ratio to the bare decode (goal >= 0.8), in wall time and in CPU time of all threads (the wall ratio
-needs spare cores: iter_clips converts frames in worker threads while the decoder runs). Peak RSS of
-iter_clips is measured in a fresh process per video (goal: the 1- and 10-minute videos differ by < 100 MB).
+needs spare cores: iter_clips converts frames in worker threads while the decoder runs), with the CPU time
+other processes took meanwhile (the wall ratios are only meaningful when that is near 0). iter_clips' RGB
+frames are checked against PyAV's own ``frame.to_ndarray(format="rgb24")`` of the same decoded frames. Peak
+RSS of iter_clips is measured in a fresh process per video (goal: the 1- and 10-minute videos differ by
+< 100 MB).
 """
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -74,17 +78,50 @@ def _iter_clips(path: Path, num_frames: int, sampling_rate: int) -> int:
     return sum(1 for _ in iter_clips(path, None, num_frames=num_frames, sampling_rate=sampling_rate))
 
 
-def _best_seconds(methods: dict, repeats: int) -> dict:
-    """Fastest (wall, CPU of all threads) seconds of each method; the methods take turns, so that load
-    changes hit all alike."""
+def _machine_busy_seconds():
+    """CPU seconds all processes of the machine have used since boot (/proc/stat), None where unknown."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _best_seconds(methods: dict, repeats: int):
+    """Fastest (wall, CPU of all threads) seconds of each method, and (CPU seconds other processes used,
+    wall seconds) over all the runs (None where the machine's CPU time is unknown); the methods take
+    turns, so that load changes hit all alike."""
     best = {name: (float("inf"), float("inf")) for name in methods}
+    others, total_wall = 0.0, 0.0
     for _ in range(repeats):
         for name, fn in methods.items():
-            wall, cpu = time.perf_counter(), time.process_time()
+            busy, wall, cpu = _machine_busy_seconds(), time.perf_counter(), time.process_time()
             fn()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
+            others = None if busy is None or others is None else others + _machine_busy_seconds() - busy - cpu
+            total_wall += wall
+    return best, (None if others is None else max(others, 0.0), total_wall)
+
+
+def _keyframe_rgb_difference(path: Path, num_frames: int, sampling_rate: int):
+    """(largest absolute difference, frames compared) between iter_clips' keyframe images and PyAV's
+    ``frame.to_ndarray(format="rgb24")`` of the decoded frames with the same timestamps."""
+    import av
+    import numpy as np
+    from ava_pipeline.video import iter_clips
+
+    largest, compared, frame = 0, 0, None
+    with av.open(str(path)) as container:
+        frames = container.decode(video=0)
+        for clip in iter_clips(path, None, num_frames=num_frames, sampling_rate=sampling_rate):
+            while frame is None or frame.pts < clip.keyframe_pts:
+                frame = next(frames)
+            if frame.pts == clip.keyframe_pts:
+                difference = np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - clip.keyframe_image)
+                largest, compared = max(largest, int(difference.max())), compared + 1
+    return largest, compared
 
 
 # The child reads its own peak from /proc (VmHWM): ru_maxrss would carry the parent's peak over fork + exec.
@@ -129,7 +166,7 @@ def run(args):
 
         minutes, path = videos[0]
         frames = int(round(minutes * 60 * args.fps))
-        best = _best_seconds({
+        best, (others_cpu, timed_wall) = _best_seconds({
             "bare": lambda: _bare_decode(path, to_rgb=False),
             "bare_rgb": lambda: _bare_decode(path, to_rgb=True),
             "ours": lambda: _iter_clips(path, args.num_frames, args.sampling_rate),
@@ -145,6 +182,12 @@ def run(args):
         print(f"  iter_clips / bare decode: wall ratio {best['bare'][0] / best['ours'][0]:.2f} (goal >= 0.8), "
               f"CPU ratio {best['bare'][1] / best['ours'][1]:.2f}; / decode + RGB: wall ratio "
               f"{best['bare_rgb'][0] / best['ours'][0]:.2f}")
+        if others_cpu is not None:
+            print(f"  other processes used {others_cpu:.1f} CPU s during the {timed_wall:.1f} s of timed runs "
+                  f"({others_cpu / timed_wall:.2f} cores on average; near 0 for meaningful wall ratios)")
+        largest, compared = _keyframe_rgb_difference(path, args.num_frames, args.sampling_rate)
+        print(f"  RGB check: iter_clips keyframe images vs PyAV frame.to_ndarray(format='rgb24'): largest "
+              f"difference {largest} over {compared} frames")
 
         print("\npeak RSS of iter_clips (fresh process per video):")
         peaks = []
