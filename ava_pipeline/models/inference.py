@@ -15,14 +15,15 @@ at 256x455), with these changes:
   forward time of R50 at 256x455.
 * The forward runs under ``torch.inference_mode``.
 
-The layer policy is a fixed rule, not a run-time timing decision. It comes from per-layer measurements of
-R50 at 256x455 on the 2-core AVX2 development machine (float32, batch 1): oneDNN on NDHWC with fused post-ops
-was as fast as or faster than every alternative for every layer shape of both pathways: eager NCDHW
-convolution, oneDNN on NCDHW, and, for 1x1x1 convolutions, MKL ``torch.mm`` on the ``(N*T*H*W, C)`` view
-(10-50% slower than oneDNN's own GEMM, before its separate add and ReLU passes). Channels-last helps the
-1x1x1 convolutions most (e.g. slow res2 ``c``: 135 ms NCDHW -> 40 ms NDHWC). PyTorch's eager dispatch sends
-small Fast-pathway convolutions at batch 1 (``N*C*T*H <= 20480``, e.g. fast res2/res3 ``b`` and the first
-fusion) to its reference kernel, 5-10x slower than oneDNN; calling oneDNN directly removes that.
+The layer policy is a fixed rule, not a run-time timing decision. It comes from per-layer measurements of R50
+at 256x455 on the 2-core AMD EPYC development machine (float32, batch 1; oneDNN runs its AVX-512 kernels
+there): oneDNN on NDHWC with fused post-ops was as fast as or faster than every alternative for every layer
+shape of both pathways: eager NCDHW convolution, oneDNN on NCDHW, and, for 1x1x1 convolutions, MKL
+``torch.mm`` on the ``(N*T*H*W, C)`` view (10-50% slower than oneDNN's own GEMM, before its separate add and
+ReLU passes). Channels-last helps the 1x1x1 convolutions most (e.g. slow res2 ``c``: 135 ms NCDHW -> 40 ms
+NDHWC). PyTorch's eager dispatch sends small Fast-pathway convolutions at batch 1 (``N*C*T*H <= 20480``, e.g.
+fast res2/res3 ``b`` and the first fusion) to its reference kernel, 5-10x slower than oneDNN; calling oneDNN
+directly removes that.
 
 On other devices (and for reduced precision) the folded convolutions run as plain ``F.conv3d`` on
 channels-last activations under ``torch.autocast(dtype)``.
