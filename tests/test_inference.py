@@ -112,6 +112,12 @@ def test_packed_weights_follow_the_input_shape_and_survive_copying():
         copied = copy.deepcopy(folded)
         assert copied._packed == (None, None)
         assert torch.equal(copied(x), folded(x))
+    # weights written in place (load_state_dict) are repacked, not served stale from the cache
+    doubled = {name: value * 2 if name == "weight" else value for name, value in folded.state_dict().items()}
+    folded.load_state_dict(doubled)
+    with torch.inference_mode():
+        expected = 2 * bn(conv(x)) - folded.bias.view(1, -1, 1, 1, 1)  # 2 * (conv' + bias) - bias
+        assert (folded(x) - expected).abs().max().item() < 1e-5
 
 
 def test_bfloat16_autocast_stays_close_to_float32():

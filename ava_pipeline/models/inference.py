@@ -117,6 +117,10 @@ class FoldedConv3d(nn.Module):
             self._packed = (input_shape, packed)
         return packed
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed = (None, None)  # new weights: the packed copy is stale
+        super()._load_from_state_dict(*args, **kwargs)
+
 
 class FusedBottleneckBlock(nn.Module):
     """PySlowFast ResBlock ``relu(shortcut(x) + c(relu(b(relu(a(x))))))`` with folded BN and fused post-ops.
