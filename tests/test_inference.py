@@ -9,7 +9,7 @@ from ava_pipeline.config import ModelConfig
 from ava_pipeline.errors import ConfigError
 from ava_pipeline.models import build_action_model
 from ava_pipeline.models.flops import count_flops
-from ava_pipeline.models.inference import FoldedConv3d, optimize_for_inference
+from ava_pipeline.models.inference import FoldedConv3d, FrameMaxPool, optimize_for_inference
 
 TOLERANCE = 1e-4
 NONLOCAL_R101 = dict(fusion_kernel_size=5, nonlocal_location=(((), ()), ((), ()), ((6, 13, 20), ()), ((), ())),
@@ -96,6 +96,31 @@ def test_folded_conv_equals_conv_bn_relu_on_both_paths():
         for use_onednn in (True, False):
             folded = FoldedConv3d(conv, bn, relu=True, use_onednn=use_onednn)
             assert (folded(x, residual=residual) - expected).abs().max().item() < 1e-5
+
+
+def test_onednn_residual_is_accumulated_in_place():
+    """On the oneDNN path a channels-last residual receives the output (sum post-op); the value is unchanged."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv3d(6, 5, (1, 1, 1), bias=False), nn.BatchNorm3d(5)
+    randomize_batchnorm(nn.Sequential(conv, bn))
+    x = torch.randn(1, 6, 3, 4, 5)
+    residual = torch.randn(1, 5, 3, 4, 5).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        expected = torch.relu(bn(conv(x)) + residual)
+        got = FoldedConv3d(conv, bn, relu=True, use_onednn=True)(x, residual=residual)
+    assert (got - expected).abs().max().item() < 1e-5
+    assert got.data_ptr() == residual.data_ptr() and torch.equal(residual, got)
+
+
+@pytest.mark.parametrize("shape, ceil_mode", [((2, 5, 3, 9, 12), False), ((1, 4, 2, 10, 7), True)])
+def test_frame_max_pool_equals_the_3d_pool(shape, ceil_mode):
+    pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), ceil_mode=ceil_mode)
+    assert FrameMaxPool.applies_to(pool)
+    assert not FrameMaxPool.applies_to(nn.MaxPool3d((2, 2, 2), stride=(2, 2, 2)))
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+    got = FrameMaxPool(pool)(x)
+    assert torch.equal(got, pool(x))
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_packed_weights_follow_the_input_shape_and_survive_copying():

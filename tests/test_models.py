@@ -151,3 +151,16 @@ def test_roi_head_pools_each_pathway_over_time_and_space():
     assert inside.shape == (1, 5)
     assert inside[0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())  # max of mean 4.0 / 4
     assert outside[0, 0].item() == pytest.approx(0.5) and (inside[0, 1:] == 0.5).all()
+
+
+def test_roi_head_gives_the_same_probabilities_for_channels_last_features():
+    """The fast path feeds channels-last 3D features; the temporal mean takes a faster route for them."""
+    torch.manual_seed(0)
+    head = RoIHead(in_channels=(16, 4), num_classes=5, roi_resolution=7, spatial_scale=1 / 16, aligned=False,
+                   dropout_rate=0.0).eval()
+    features = [torch.randn(2, 16, 4, 6, 9), torch.randn(2, 4, 16, 6, 9)]
+    boxes = torch.tensor([[0.0, 3.0, 5.0, 90.0, 80.0], [1.0, 20.0, 0.0, 140.0, 95.0]])
+    with torch.no_grad():
+        expected = head(features, boxes)
+        got = head([f.contiguous(memory_format=torch.channels_last_3d) for f in features], boxes)
+    assert (got - expected).abs().max().item() < 1e-6

@@ -58,9 +58,17 @@ class RoIHead(nn.Module):
                                    f"input pixels, got {tuple(boxes.shape)}; prepend the clip index to each box")
         pooled = []
         for x in features:
-            x = x.mean(dim=2)
+            x = _temporal_mean(x)
             x = roi_align(x, boxes.to(x.dtype), (self.roi_resolution, self.roi_resolution), self.spatial_scale,
                           sampling_ratio=0, aligned=self.aligned)
             pooled.append(x.amax(dim=(2, 3)))
         x = torch.cat(pooled, dim=1)
         return self.act(self.projection(self.dropout(x)))
+
+
+def _temporal_mean(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, T, h, w) -> (N, C, h, w) mean over T. A channels-last 3D input is averaged as its contiguous
+    (N, T, h, w, C) view, about 30x faster than ``x.mean(dim=2)`` on it (the result is channels-last 2D)."""
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 4, 1).mean(dim=1).permute(0, 3, 1, 2)
+    return x.mean(dim=2)
