@@ -384,8 +384,8 @@ class ActionDetector:
             inputs = None
             if persons is None or len(persons.boxes):
                 start = time.perf_counter()
-                inputs, _ = preprocess_clip(clip.frames, np.zeros((0, 4), np.float32), test_size=data.test_crop_size,
-                                            mean=data.mean, std=data.std,
+                inputs, _ = preprocess_clip(clip.frame_list, np.zeros((0, 4), np.float32),
+                                            test_size=data.test_crop_size, mean=data.mean, std=data.std,
                                             alpha=model_cfg.alpha if model_cfg.arch == "slowfast" else None,
                                             bgr=data.bgr)
                 timings.preprocess += time.perf_counter() - start

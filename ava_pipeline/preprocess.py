@@ -15,7 +15,8 @@ For one clip of T frames (all the same size W x H) and the K person boxes at its
 Float arithmetic follows PySlowFast's (float64 boxes, float32 pixels; the unresized case divides by 255
 in float64), so the tensors equal the reference's exactly. PySlowFast resizes BGR images; a uint8 resize
 treats channels independently, so resizing RGB gives the same pixels. Step 4 is a 256-entry table per
-channel built with that arithmetic, so each frame costs one ``cv2.resize`` and one ``cv2.LUT``.
+channel built with that arithmetic, so each frame costs one ``cv2.resize`` and one ``cv2.LUT`` that writes
+straight into the output tensor.
 """
 from __future__ import annotations
 
@@ -89,8 +90,9 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
 
     Returns:
         ``([slow (1, 3, T // alpha, H', W'), fast (1, 3, T, H', W')], boxes_px)`` (``[fast]`` alone when
-        ``alpha`` is None), float32 CPU tensors; ``boxes_px`` float32 (K, 4) ``x1, y1, x2, y2`` in pixels of
-        the H' x W' input (clipped to it).
+        ``alpha`` is None), float32 CPU tensors in channels-last 3D memory (``(1, T, H', W', 3)`` storage, the
+        layout the fast path computes in: no conversion before the first convolution); ``boxes_px`` float32
+        (K, 4) ``x1, y1, x2, y2`` in pixels of the H' x W' input (clipped to it).
     """
     if test_size < 1:
         raise ValueError(f"test_size must be a positive number of pixels, got {test_size}")
@@ -104,7 +106,8 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
     new_width, new_height = resized_size(width, height, test_size)
     resized = (new_width, new_height) != (width, height)
     lut = normalization_table(mean, std, resized=resized)
-    fast = torch.empty((1, 3, num_frames, new_height, new_width), dtype=torch.float32)
+    clip = torch.empty((1, num_frames, new_height, new_width, 3), dtype=torch.float32)  # channels-last memory
+    clip_frames = clip.numpy()[0]
     for index in range(num_frames):
         image = np.asarray(frames[index])
         if image.shape != first.shape or image.dtype != np.uint8:
@@ -113,10 +116,10 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
             image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
         if bgr:
             image = image[:, :, ::-1]
-        normalized = cv2.LUT(np.ascontiguousarray(image), lut)  # float32 (H', W', 3)
-        fast[0, :, index].copy_(torch.from_numpy(normalized).permute(2, 0, 1))
+        cv2.LUT(np.ascontiguousarray(image), lut, dst=clip_frames[index])  # float32 (H', W', 3), in place
     boxes_px = boxes_to_input_pixels(boxes_normalized, width, height, test_size)
+    fast = clip.permute(0, 4, 1, 2, 3)
     if alpha is None:
         return [fast], boxes_px
-    slow = fast.index_select(2, slow_indices(num_frames, alpha))
+    slow = clip.index_select(1, slow_indices(num_frames, alpha)).permute(0, 4, 1, 2, 3)
     return [slow, fast], boxes_px

@@ -86,7 +86,7 @@ def test_matches_pyslowfast_steps_exactly(height, width, size, alpha, bgr):
     pathways, boxes_px = preprocess_clip(frames, BOXES, test_size=size, mean=mean, std=std, alpha=alpha, bgr=bgr)
     assert len(pathways) == len(expected)
     for got, want in zip(pathways, expected):
-        assert got.dtype == torch.float32 and got.is_contiguous()
+        assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last_3d)
         assert got.shape == want.shape
         assert torch.equal(got, want)
     assert boxes_px.dtype == np.float32
