@@ -1,15 +1,22 @@
 """Video input: decode-and-sample throughput against bare PyAV decoding, and peak RSS against video length.
 
-Writes synthetic H.264 videos (default 1280x720, 30 fps, 1 and 10 minutes; kept in --workdir for reuse),
-then, on the shortest one and in this run: a bare sequential PyAV decode (frames left in YUV), the same with
-every frame converted to an RGB array, and ava_pipeline's iter_clips (every second a keyframe, 32x2 clips,
-consumed as produced: each clip's frames converted to RGB, not stacked into a copy). Throughput is reported
-as a ratio to the bare decode (goal >= 0.8), in wall time and in CPU time of all threads (the wall ratio
-needs spare cores: iter_clips converts frames in worker threads while the decoder runs), with the CPU time
-other processes took meanwhile (the wall ratios are only meaningful when that is near 0). iter_clips' RGB
-frames are checked against PyAV's own ``frame.to_ndarray(format="rgb24")`` of the same decoded frames. Peak
-RSS of iter_clips is measured in a fresh process per video (goal: the 1- and 10-minute videos differ by
-< 100 MB).
+Writes synthetic H.264 720p videos (kept in --workdir for reuse) of two kinds of content:
+
+* ``film``: two textures moving at different speeds (coarse shading and fine detail), encoded as movie files
+  usually are (x264 preset medium: High profile, CABAC, B-frames; CRF 27, a few Mbit/s);
+* ``pan``: one smooth texture panning 3 pixels per frame, x264 preset ultrafast (Constrained Baseline, about
+  1 Mbit/s): the cheapest H.264 to decode, so the fixed per-frame cost of RGB conversion weighs most here
+  (the worst case for the ratio).
+
+For each ``--content`` on its shortest video, in this run: a bare sequential PyAV decode (frames left in YUV),
+the same with every frame converted to an RGB array, and ava_pipeline's iter_clips (every second a keyframe,
+32x2 clips, consumed as produced: each clip's frames converted to RGB, not stacked into a copy). Throughput is
+reported as a ratio to the bare decode (goal >= 0.8), in wall time and in CPU time of all threads (the wall
+ratio needs spare cores: iter_clips converts frames in worker threads while the decoder runs), with the CPU
+time other processes took meanwhile (the wall ratios are only meaningful when that is near 0). iter_clips'
+RGB frames are checked against PyAV's own ``frame.to_ndarray(format="rgb24")`` of the same decoded frames.
+Peak RSS of iter_clips is measured on the ``pan`` videos of every ``--minutes`` length, in a fresh process
+per video (goal: the 1- and 10-minute videos differ by < 100 MB).
 """
 import json
 import os
@@ -22,11 +29,15 @@ from pathlib import Path
 from .common import machine_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTENTS = ("film", "pan")
+X264_SETTINGS = {"film": {"preset": "medium", "crf": "27"}, "pan": {"preset": "ultrafast", "crf": "28"}}
 
 
 def add_arguments(parser):
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0],
                         help="video lengths in minutes (throughput uses the first; default: 1 10)")
+    parser.add_argument("--content", nargs="+", choices=CONTENTS, default=list(CONTENTS),
+                        help="synthetic content(s) for the throughput runs (default: film pan)")
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the synthetic videos (default 1280x720)")
     parser.add_argument("--fps", type=int, default=30, help="frame rate of the synthetic videos (default 30)")
     parser.add_argument("--num-frames", type=int, default=32, help="clip length T (default 32)")
@@ -36,21 +47,32 @@ def add_arguments(parser):
                         help="folder for the synthetic videos (reused when present; default: a temporary folder)")
 
 
-def write_synthetic_video(path: Path, seconds: float, width: int, height: int, fps: int) -> None:
-    """H.264 (yuv420p) video of a smooth texture panning 3 pixels per frame (about 1-2 MB per 720p minute)."""
+def write_synthetic_video(path: Path, seconds: float, width: int, height: int, fps: int, content: str = "pan"
+                          ) -> None:
+    """H.264 (yuv420p) video of ``content`` (see the module docstring): ``pan``, a smooth texture panning 3
+    pixels per frame (about 1-2 MB per 720p minute); ``film``, that texture blended 7:1 with a fine one moving
+    1 pixel per frame the other way (a few Mbit/s)."""
     import av
     import cv2
     import numpy as np
 
-    coarse = np.random.default_rng(0).integers(0, 256, (height // 32 + 2, width // 32 + 3, 3), dtype=np.uint8)
-    texture = cv2.resize(coarse, (coarse.shape[1] * 32, coarse.shape[0] * 32), interpolation=cv2.INTER_CUBIC)
+    def texture(cell, rows, columns, rng):
+        coarse = rng.integers(0, 256, (rows // cell + 2, columns // cell + 3, 3), dtype=np.uint8)
+        return cv2.resize(coarse, (coarse.shape[1] * cell, coarse.shape[0] * cell), interpolation=cv2.INTER_CUBIC)
+
+    rng = np.random.default_rng(0)
+    shading, detail = texture(32, height, width, rng), texture(4, height, width, rng)
     partial = path.with_suffix(".part.mp4")
     with av.open(str(partial), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "28"})
+        stream = container.add_stream("libx264", rate=fps, options=X264_SETTINGS[content])
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for index in range(int(round(seconds * fps))):
             shift = (index * 3) % 64
-            image = np.ascontiguousarray(texture[:height, shift:shift + width])
+            image = shading[:height, shift:shift + width]
+            if content == "film":
+                offset = 12 - index % 12
+                image = (image.astype(np.uint16) * 7 + detail[:height, offset:offset + width]) // 8
+            image = np.ascontiguousarray(image, dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -145,6 +167,44 @@ def _peak_rss_of_iter_clips(path: Path, num_frames: int, sampling_rate: int) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _synthetic_video(workdir: Path, minutes: float, width: int, height: int, fps: int, content: str) -> Path:
+    """The synthetic video's path in ``workdir``, written first if it is not there."""
+    suffix = "" if content == "pan" else f"_{content}"
+    path = workdir / f"synthetic_{width}x{height}_{fps}fps_{minutes:g}min{suffix}.mp4"
+    if not path.exists():
+        start = time.perf_counter()
+        write_synthetic_video(path, minutes * 60, width, height, fps, content)
+        print(f"wrote {path.name} in {time.perf_counter() - start:.1f} s")
+    return path
+
+
+def _report_throughput(path: Path, frames: int, content: str, args) -> None:
+    best, (others_cpu, timed_wall) = _best_seconds({
+        "bare": lambda: _bare_decode(path, to_rgb=False),
+        "bare_rgb": lambda: _bare_decode(path, to_rgb=True),
+        "ours": lambda: _iter_clips(path, args.num_frames, args.sampling_rate),
+    }, args.repeats)
+    keyframes = _iter_clips(path, args.num_frames, args.sampling_rate)
+    megabits = path.stat().st_size * 8 / 1e6 / (frames / args.fps)
+    print(f"\nthroughput, {content}: {path.name} ({frames} frames, {megabits:.1f} Mbit/s, x264 "
+          f"{X264_SETTINGS[content]['preset']}; best of {args.repeats}, methods interleaved):")
+    print(f"  {'':42s} {'frames/s':>9s} {'wall ratio':>11s} {'CPU s':>7s}")
+    rows = [("bare PyAV decode (YUV frames)", "bare"), ("bare PyAV decode + RGB every frame", "bare_rgb"),
+            (f"iter_clips ({keyframes} keyframes, {args.num_frames}x{args.sampling_rate} clips)", "ours")]
+    for label, name in rows:
+        wall, cpu = best[name]
+        print(f"  {label:42s} {frames / wall:9.1f} {best['bare'][0] / wall:11.2f} {cpu:7.2f}")
+    print(f"  iter_clips / bare decode: wall ratio {best['bare'][0] / best['ours'][0]:.2f} (goal >= 0.8), "
+          f"CPU ratio {best['bare'][1] / best['ours'][1]:.2f}; / decode + RGB: wall ratio "
+          f"{best['bare_rgb'][0] / best['ours'][0]:.2f}")
+    if others_cpu is not None:
+        print(f"  other processes used {others_cpu:.1f} CPU s during the {timed_wall:.1f} s of timed runs "
+              f"({others_cpu / timed_wall:.2f} cores on average; near 0 for meaningful wall ratios)")
+    largest, compared = _keyframe_rgb_difference(path, args.num_frames, args.sampling_rate)
+    print(f"  RGB check: iter_clips keyframe images vs PyAV frame.to_ndarray(format='rgb24'): largest "
+          f"difference {largest} over {compared} frames")
+
+
 def run(args):
     sys.path.insert(0, str(REPO_ROOT))
     from ava_pipeline.video import decoder_version
@@ -155,43 +215,15 @@ def run(args):
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        videos = []
-        for minutes in args.minutes:
-            path = workdir / f"synthetic_{width}x{height}_{args.fps}fps_{minutes:g}min.mp4"
-            if not path.exists():
-                start = time.perf_counter()
-                write_synthetic_video(path, minutes * 60, width, height, args.fps)
-                print(f"wrote {path.name} in {time.perf_counter() - start:.1f} s")
-            videos.append((minutes, path))
+        frames = int(round(args.minutes[0] * 60 * args.fps))
+        for content in args.content:
+            path = _synthetic_video(workdir, args.minutes[0], width, height, args.fps, content)
+            _report_throughput(path, frames, content, args)
 
-        minutes, path = videos[0]
-        frames = int(round(minutes * 60 * args.fps))
-        best, (others_cpu, timed_wall) = _best_seconds({
-            "bare": lambda: _bare_decode(path, to_rgb=False),
-            "bare_rgb": lambda: _bare_decode(path, to_rgb=True),
-            "ours": lambda: _iter_clips(path, args.num_frames, args.sampling_rate),
-        }, args.repeats)
-        keyframes = _iter_clips(path, args.num_frames, args.sampling_rate)
-        print(f"\nthroughput on {path.name} ({frames} frames, best of {args.repeats}, methods interleaved):")
-        print(f"  {'':42s} {'frames/s':>9s} {'wall ratio':>11s} {'CPU s':>7s}")
-        rows = [("bare PyAV decode (YUV frames)", "bare"), ("bare PyAV decode + RGB every frame", "bare_rgb"),
-                (f"iter_clips ({keyframes} keyframes, {args.num_frames}x{args.sampling_rate} clips)", "ours")]
-        for label, name in rows:
-            wall, cpu = best[name]
-            print(f"  {label:42s} {frames / wall:9.1f} {best['bare'][0] / wall:11.2f} {cpu:7.2f}")
-        print(f"  iter_clips / bare decode: wall ratio {best['bare'][0] / best['ours'][0]:.2f} (goal >= 0.8), "
-              f"CPU ratio {best['bare'][1] / best['ours'][1]:.2f}; / decode + RGB: wall ratio "
-              f"{best['bare_rgb'][0] / best['ours'][0]:.2f}")
-        if others_cpu is not None:
-            print(f"  other processes used {others_cpu:.1f} CPU s during the {timed_wall:.1f} s of timed runs "
-                  f"({others_cpu / timed_wall:.2f} cores on average; near 0 for meaningful wall ratios)")
-        largest, compared = _keyframe_rgb_difference(path, args.num_frames, args.sampling_rate)
-        print(f"  RGB check: iter_clips keyframe images vs PyAV frame.to_ndarray(format='rgb24'): largest "
-              f"difference {largest} over {compared} frames")
-
-        print("\npeak RSS of iter_clips (fresh process per video):")
+        print("\npeak RSS of iter_clips (pan videos, fresh process per video):")
         peaks = []
-        for minutes, path in videos:
+        for minutes in args.minutes:
+            path = _synthetic_video(workdir, minutes, width, height, args.fps, "pan")
             record = _peak_rss_of_iter_clips(path, args.num_frames, args.sampling_rate)
             peaks.append(record["peak_rss_mb"])
             print(f"  {minutes:g} min: {record['peak_rss_mb']:8.1f} MB ({record['clips']} clips)")
