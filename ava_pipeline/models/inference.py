@@ -7,7 +7,7 @@ at 256x455), with these changes:
 
 * Every BatchNorm3d is folded into the convolution before it (inference statistics are constants), so a
   BatchNorm pass over each activation disappears.
-* On CPU in float32 every convolution runs through oneDNN on channels-last 3D (NDHWC) activations, with the
+* On CPU in float32 the convolutions run through oneDNN on channels-last 3D (NDHWC) activations, with the
   following ReLU and the residual addition fused into the convolution as oneDNN post-ops. A 1x1x1
   convolution on NDHWC activations is a GEMM over ``(N*T*H*W, C_in) x (C_in, C_out)``; oneDNN runs it as one.
   Each weight is reordered once into the blocked layout oneDNN picks for the input shape and kept (again
@@ -17,6 +17,8 @@ at 256x455), with these changes:
   block's last convolution neither reads a second source nor writes a fresh tensor: 1.3-2.5x faster for
   those convolutions (slow res2 ``c``: 32 -> 13 ms). Blocks therefore overwrite their input when the shortcut
   is the identity.
+* 1x3x3 convolutions with 256 or more channels (res4 and res5 ``b`` of R50 / R101) run as Winograd
+  F(4x4, 3x3) (``models/winograd.py``): 2.25x fewer multiplications, 1.3-1.9x faster per layer here.
 * Max-pools with temporal kernel 1 (the stems') run as 2-D pools over the N*T frames (3x faster on the Slow
   stem; same values).
 * The forward runs under ``torch.inference_mode``.
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ava_pipeline.errors import ConfigError
+from ava_pipeline.models import winograd
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -71,7 +74,8 @@ class FoldedConv3d(nn.Module):
     ``residual`` has the output's shape. Output is channels-last 3D. With ``use_onednn`` (CPU float32)
     the whole expression is one oneDNN primitive that accumulates into ``residual`` in place (when it is
     channels-last contiguous, its values are overwritten with the output); otherwise it is ``F.conv3d``
-    followed by the add and ReLU.
+    followed by the add and ReLU. On the oneDNN path, 1x3x3 convolutions with at least
+    ``winograd.MIN_CHANNELS`` channels and no residual run as Winograd F(4x4, 3x3) (``models/winograd.py``).
     """
 
     def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], *, relu: bool, use_onednn: bool):
@@ -87,14 +91,21 @@ class FoldedConv3d(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu, self.use_onednn = relu, use_onednn
+        self.winograd = use_onednn and winograd.applies(weight.shape, self.stride, self.padding, self.dilation,
+                                                        self.groups)
         self._packed = (None, None)  # (input shape, weight in oneDNN's blocked layout for that shape)
+        self._winograd_weight = None  # winograd.transform_weight(weight), made on first use
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
-                f"stride={tuple(self.stride)}, relu={self.relu}, onednn={self.use_onednn}")
+                f"stride={tuple(self.stride)}, relu={self.relu}, onednn={self.use_onednn}, winograd={self.winograd}")
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x.contiguous(memory_format=CHANNELS_LAST)
+        if self.winograd and residual is None:
+            if self._winograd_weight is None:
+                self._winograd_weight = winograd.transform_weight(self.weight)
+            return winograd.conv1x3x3(x, self._winograd_weight, self.bias, self.relu, self.dilation[1])
         if self.use_onednn:
             weight = self._packed_weight(x.shape)
             unary = "relu" if self.relu else "none"
@@ -129,7 +140,7 @@ class FoldedConv3d(nn.Module):
         return packed
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = (None, None)  # new weights: the packed copy is stale
+        self._packed, self._winograd_weight = (None, None), None  # new weights: the derived copies are stale
         super()._load_from_state_dict(*args, **kwargs)
 
 
