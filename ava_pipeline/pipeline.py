@@ -363,10 +363,10 @@ class ActionDetector:
         boxes are mapped to input pixels later, once the detector has run. A keyframe whose precomputed
         boxes are empty is not preprocessed.
         """
-        from .preprocess import preprocess_clip
+        from .preprocess import FrameReuse, preprocess_clip
 
         data, model_cfg = self.config.data, self.config.model
-        clips = iter(clips)
+        clips, reuse = iter(clips), FrameReuse()
         while True:
             start = time.perf_counter()
             try:
@@ -387,7 +387,7 @@ class ActionDetector:
                 inputs, _ = preprocess_clip(clip.frame_list, np.zeros((0, 4), np.float32),
                                             test_size=data.test_crop_size, mean=data.mean, std=data.std,
                                             alpha=model_cfg.alpha if model_cfg.arch == "slowfast" else None,
-                                            bgr=data.bgr)
+                                            bgr=data.bgr, frame_ids=clip.frame_indices, reuse=reuse)
                 timings.preprocess += time.perf_counter() - start
             yield _PreparedClip(clip.keyframe_s, clip.keyframe_pts, clip.keyframe_pts_time, clip.keyframe_image,
                                 persons, inputs)

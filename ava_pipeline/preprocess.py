@@ -73,8 +73,27 @@ def slow_indices(num_frames: int, alpha: int) -> torch.Tensor:
     return torch.linspace(0, num_frames - 1, num_frames // alpha).long()
 
 
+class FrameReuse:
+    """The previous clip's normalized frames by frame id, so that the overlapping clips of one video resize
+    and normalize each frame once (32x2 clips a second apart share half their frames).
+
+    One per video, passed with ``frame_ids`` (e.g. ``Clip.frame_indices``) to every ``preprocess_clip`` call;
+    it holds views of the last clip's input tensor and forgets them when the transform settings change.
+    """
+
+    def __init__(self):
+        self._settings, self._frames = None, {}
+
+    def frames(self, settings) -> dict:
+        return self._frames if settings == self._settings else {}
+
+    def remember(self, settings, frames: dict) -> None:
+        self._settings, self._frames = settings, frames
+
+
 def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized, *, test_size: int,
-                    mean: Sequence[float], std: Sequence[float], alpha: Optional[int], bgr: bool = False
+                    mean: Sequence[float], std: Sequence[float], alpha: Optional[int], bgr: bool = False,
+                    frame_ids: Optional[Sequence[int]] = None, reuse: Optional[FrameReuse] = None
                     ) -> tuple[list[torch.Tensor], np.ndarray]:
     """Model inputs for one clip.
 
@@ -87,6 +106,8 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
             applies them to BGR channels before its flip to RGB; the same for its equal AVA values).
         alpha: SlowFast's frame-rate ratio; ``None`` for single-pathway (Slow-only) models.
         bgr: emit channels in BGR order (PySlowFast's ``AVA.BGR``); default RGB.
+        frame_ids, reuse: with both, frames whose id the previous call on ``reuse`` (or this clip) already
+            normalized are copied from there instead of transformed again (the same values).
 
     Returns:
         ``([slow (1, 3, T // alpha, H', W'), fast (1, 3, T, H', W')], boxes_px)`` (``[fast]`` alone when
@@ -108,15 +129,27 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
     lut = normalization_table(mean, std, resized=resized)
     clip = torch.empty((1, num_frames, new_height, new_width, 3), dtype=torch.float32)  # channels-last memory
     clip_frames = clip.numpy()[0]
+    settings = (first.shape, test_size, tuple(mean), tuple(std), bgr)
+    reusing = frame_ids is not None and reuse is not None
+    previous, done = (reuse.frames(settings) if reusing else {}), {}
     for index in range(num_frames):
         image = np.asarray(frames[index])
         if image.shape != first.shape or image.dtype != np.uint8:
             raise ValueError(f"frame {index} is {image.dtype} {image.shape}, frame 0 {first.dtype} {first.shape}")
-        if resized:
-            image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
-        if bgr:
-            image = image[:, :, ::-1]
-        cv2.LUT(np.ascontiguousarray(image), lut, dst=clip_frames[index])  # float32 (H', W', 3), in place
+        key = frame_ids[index] if reusing else None
+        normalized = done.get(key, previous.get(key)) if reusing else None
+        if normalized is not None:
+            np.copyto(clip_frames[index], normalized)
+        else:
+            if resized:
+                image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
+            if bgr:
+                image = image[:, :, ::-1]
+            cv2.LUT(np.ascontiguousarray(image), lut, dst=clip_frames[index])  # float32 (H', W', 3), in place
+        if reusing:
+            done[key] = clip_frames[index]
+    if reusing:
+        reuse.remember(settings, done)
     boxes_px = boxes_to_input_pixels(boxes_normalized, width, height, test_size)
     fast = clip.permute(0, 4, 1, 2, 3)
     if alpha is None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ava_pipeline.preprocess import boxes_to_input_pixels, preprocess_clip, resized_size, slow_indices
+from ava_pipeline.preprocess import (FrameReuse, boxes_to_input_pixels, preprocess_clip, resized_size,
+                                     slow_indices)
 from ava_pipeline.video import iter_clips
 from tests.videos import index_image, write_index_video
 
@@ -101,6 +102,26 @@ def test_slow_pathway_is_linspace_not_every_alpha_th_frame():
     assert slow.shape == (1, 3, 8, 8, 8) and fast.shape == (1, 3, 32, 8, 8)
     values = slow[0, 0, :, 0, 0] * 0.225 + 0.45
     assert torch.allclose(values * 255 / 7, torch.tensor([0, 4, 8, 13, 17, 22, 26, 31.0]), atol=1e-3)
+
+
+def test_overlapping_clips_reuse_normalized_frames_with_the_same_values():
+    """Frames already normalized for the previous clip (same id) are copied, not transformed again."""
+    video = random_clip(12, 36, 64)
+    first_ids, second_ids = [0, 0, 2, 4, 6, 8], [4, 6, 8, 10, 11, 11]  # clamped edges repeat an id
+    kwargs = dict(test_size=16, mean=[0.4, 0.45, 0.5], std=[0.2, 0.225, 0.25], alpha=2)
+    reuse = FrameReuse()
+    expected = [preprocess_clip(video[ids], BOXES, **kwargs)[0] for ids in (first_ids, second_ids)]
+    got_first, _ = preprocess_clip(video[first_ids], BOXES, frame_ids=first_ids, reuse=reuse, **kwargs)
+    # frames 4, 6, 8 come from the first clip: blank pixels passed for them must not matter
+    second_frames = video[second_ids].copy()
+    second_frames[:3] = 0
+    got_second, _ = preprocess_clip(second_frames, BOXES, frame_ids=second_ids, reuse=reuse, **kwargs)
+    for got, want in zip(got_first + got_second, expected[0] + expected[1]):
+        assert torch.equal(got, want)
+    # other settings: nothing is reused
+    changed, _ = preprocess_clip(second_frames, BOXES, frame_ids=second_ids, reuse=reuse,
+                                 **{**kwargs, "test_size": 20})
+    assert (changed[1][0, :, :3] == changed[1][0, :, :3].flatten()[0]).all()  # the blank frames, normalized
 
 
 def test_boxes_use_one_scale_factor_and_are_clipped_twice():
