@@ -63,3 +63,12 @@ def test_folded_conv_uses_winograd_for_res4_b_and_gives_the_same_values():
                                 for name, value in folded.state_dict().items()})
         flipped = F.relu(F.conv3d(x, -direct.weight, direct.bias, padding=(0, 1, 1)))
         assert (folded(x) - flipped).abs().max().item() < 1e-4
+
+
+def test_workspace_serves_calls_inside_and_outside_inference_mode():
+    weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 5, 6))
+    transformed = winograd.transform_weight(weight)
+    with torch.inference_mode():
+        inside = winograd.conv1x3x3(x, transformed, None, False)
+    outside = winograd.conv1x3x3(x, transformed, None, False)
+    assert torch.equal(inside, outside)

@@ -17,6 +17,7 @@ about 1.4x faster than oneDNN's direct convolution and a 512-channel one 1.9x; a
 at 64 Winograd is slower.
 """
 import itertools
+import math
 import threading
 from typing import Optional
 
@@ -80,7 +81,6 @@ def conv1x3x3(x: torch.Tensor, transformed_weight: torch.Tensor, bias: Optional[
     images = n * frames * d * d
     tiles = images * rows * columns
     padded, tile_values, transformed, products, outputs = _workspace(
-        (x.shape, out_channels, d),
         # zero border of one pixel before, enough after for whole tiles; phases side by side in dim 1
         padded=(n * frames, d * d, STEP * rows + 2, STEP * columns + 2, channels),
         tile_values=(TILE * TILE, tiles * channels), transformed=(TILE * TILE, tiles, channels),
@@ -113,15 +113,24 @@ def conv1x3x3(x: torch.Tensor, transformed_weight: torch.Tensor, bias: Optional[
 _per_thread = threading.local()
 
 
-def _workspace(key, **shapes) -> list[torch.Tensor]:
-    """float32 scratch tensors of ``shapes`` (``padded`` zero-filled), kept per thread for the last ``key``.
+def _workspace(*, padded, tile_values, transformed, products, outputs) -> list[torch.Tensor]:
+    """float32 scratch tensors of these shapes, ``padded`` zero-filled, as views of one buffer per thread.
 
-    Layers of one shape (all res4 ``b`` of a model) reuse them: freshly allocated, these tensors cost page
-    faults on every call, which took a third of Winograd's gain in a full forward.
+    The buffer grows to the largest layer and is reused by every call: freshly allocated, these tensors cost
+    page faults on every call, which took a third of Winograd's gain in a full forward. ``products`` shares
+    memory with ``tile_values`` and ``outputs`` with ``transformed`` (each pair is never live together).
     """
-    cached = getattr(_per_thread, "workspace", None)
-    if cached is None or cached[0] != key:
-        cached = (key, [torch.zeros(shape) if name == "padded" else torch.empty(shape)
-                        for name, shape in shapes.items()])
-        _per_thread.workspace = cached
-    return cached[1]
+    shapes = {"padded": padded, "tile_values": tile_values, "transformed": transformed, "products": products,
+              "outputs": outputs}
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    first = max(sizes["tile_values"], sizes["products"])
+    second = max(sizes["transformed"], sizes["outputs"])
+    buffer = getattr(_per_thread, "buffer", None)
+    if buffer is None or buffer.numel() < first + second + sizes["padded"]:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buffer = _per_thread.buffer = torch.empty(first + second + sizes["padded"])
+    offsets = {"tile_values": 0, "products": 0, "transformed": first, "outputs": first,
+               "padded": first + second}
+    views = {name: buffer[offsets[name]:offsets[name] + sizes[name]].view(shape) for name, shape in shapes.items()}
+    views["padded"].zero_()
+    return [views[name] for name in ("padded", "tile_values", "transformed", "products", "outputs")]
