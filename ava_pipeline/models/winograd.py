@@ -1,10 +1,11 @@
 """Winograd F(4x4, 3x3): the fast path's 1x3x3 convolutions with 2.25x fewer multiplications (CPU float32).
 
 A 1x3x3 convolution (stride 1, padding 1) of each frame is computed on 6x6 input tiles taken every 4
-pixels; with spatial dilation d (and padding d, as in res5 of the AVA models) on each of the d*d phase
-images ``image[y % d, x % d]``, which a dilated convolution never mixes. Per tile and channel pair, with the 3x3 kernel ``g`` and the tile ``d``::
+pixels; with spatial dilation r (and padding r, as in res5 of the AVA models) on each of the r*r phase
+images ``image[y % r, x % r]``, which a dilated convolution never mixes. Per tile and channel pair, with
+the 3x3 kernel ``g`` and the 6x6 input tile ``t``::
 
-    Y (4x4) = A^T [ (G g G^T)  *  (B^T d B) ] A        (* elementwise, summed over input channels)
+    Y (4x4) = A^T [ (G g G^T)  *  (B^T t B) ] A        (* elementwise, summed over input channels)
 
 so the channel sums become 36 independent GEMMs ``(tiles, C_in) x (C_in, C_out)``, one per tile element
 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016; interpolation points 0, +-1, +-2).
@@ -116,9 +117,10 @@ _per_thread = threading.local()
 def _workspace(*, padded, tile_values, transformed, products, outputs) -> list[torch.Tensor]:
     """float32 scratch tensors of these shapes, ``padded`` zero-filled, as views of one buffer per thread.
 
-    The buffer grows to the largest layer and is reused by every call: freshly allocated, these tensors cost
-    page faults on every call, which took a third of Winograd's gain in a full forward. ``products`` shares
-    memory with ``tile_values`` and ``outputs`` with ``transformed`` (each pair is never live together).
+    The buffer grows to the largest layer (tens of MB per clip in a batch at 256x455) and is kept for the
+    thread's life, reused by every call: freshly allocated, these tensors cost page faults on every call,
+    which took a third of Winograd's gain in a full forward. ``products`` shares memory with
+    ``tile_values`` and ``outputs`` with ``transformed`` (each pair is never live together).
     """
     shapes = {"padded": padded, "tile_values": tile_values, "transformed": transformed, "products": products,
               "outputs": outputs}

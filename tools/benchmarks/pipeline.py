@@ -7,7 +7,8 @@ full-width SlowFast R50 32x2 of PySlowFast's AVA config; or ``--config``/``--wei
 * end to end: ``ActionDetector.stream`` over the video (decode in a background thread, detect, preprocess,
   batched action model), seconds per keyframe and the time each stage took;
 * compute alone: the detector on the keyframe images plus the action model the stream runs (the fast path)
-  on ready-made input tensors of the same shapes and batch sizes, i.e. what the end-to-end run would cost if decoding and preprocessing were free.
+  on ready-made input tensors of the same shapes and batch sizes, i.e. what the end-to-end run would cost
+  if decoding and preprocessing were free.
 
 The ratio end-to-end / compute-alone is the pipeline's overhead (1.0 = decoding and preprocessing fully hidden).
 The two alternate ``--repeats`` times; the ratio is the median of the per-repeat ratios, so that a change of
