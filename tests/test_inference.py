@@ -117,6 +117,7 @@ def test_frame_max_pool_equals_the_3d_pool(shape, ceil_mode):
     pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), ceil_mode=ceil_mode)
     assert FrameMaxPool.applies_to(pool)
     assert not FrameMaxPool.applies_to(nn.MaxPool3d((2, 2, 2), stride=(2, 2, 2)))
+    assert FrameMaxPool.applies_to(nn.MaxPool3d(1)) and FrameMaxPool(nn.MaxPool3d(1)).kernel_size == (1, 1)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
     got = FrameMaxPool(pool)(x)
     assert torch.equal(got, pool(x))

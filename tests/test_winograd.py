@@ -65,6 +65,18 @@ def test_folded_conv_uses_winograd_for_res4_b_and_gives_the_same_values():
         assert (folded(x) - flipped).abs().max().item() < 1e-4
 
 
+def test_float32_even_when_the_default_dtype_is_float64():
+    weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 40, 40))  # a larger workspace
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = winograd.conv1x3x3(x, winograd.transform_weight(weight), None, False)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32
+    assert (got - F.conv3d(x, weight, padding=(0, 1, 1))).abs().max().item() < 1e-4
+
+
 def test_workspace_serves_calls_inside_and_outside_inference_mode():
     weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 5, 6))
     transformed = winograd.transform_weight(weight)

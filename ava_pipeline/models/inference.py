@@ -209,8 +209,8 @@ class FrameMaxPool(nn.Module):
 
     def __init__(self, pool: nn.MaxPool3d):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = (tuple(pool.kernel_size[1:]), tuple(pool.stride[1:]),
-                                                       tuple(pool.padding[1:]))
+        self.kernel_size, self.stride, self.padding = (_triple(pool.kernel_size)[1:], _triple(pool.stride)[1:],
+                                                       _triple(pool.padding)[1:])
         self.ceil_mode = pool.ceil_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,11 +221,14 @@ class FrameMaxPool(nn.Module):
 
     @staticmethod
     def applies_to(pool: nn.Module) -> bool:
-        def triple(v):
-            return v if isinstance(v, tuple) else (v, v, v)
-        return (isinstance(pool, nn.MaxPool3d) and not pool.return_indices and triple(pool.dilation) == (1, 1, 1)
-                and triple(pool.kernel_size)[0] == 1 and triple(pool.stride)[0] == 1
-                and triple(pool.padding)[0] == 0)
+        return (isinstance(pool, nn.MaxPool3d) and not pool.return_indices and _triple(pool.dilation) == (1, 1, 1)
+                and _triple(pool.kernel_size)[0] == 1 and _triple(pool.stride)[0] == 1
+                and _triple(pool.padding)[0] == 0)
+
+
+def _triple(value) -> tuple:
+    """A pooling size given as an int or a 3-sequence, as a 3-tuple."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)
 
 
 class InferenceModel(nn.Module):

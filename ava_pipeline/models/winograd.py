@@ -130,7 +130,7 @@ def _workspace(*, padded, tile_values, transformed, products, outputs) -> list[t
     buffer = getattr(_per_thread, "buffer", None)
     if buffer is None or buffer.numel() < first + second + sizes["padded"]:
         with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
-            buffer = _per_thread.buffer = torch.empty(first + second + sizes["padded"])
+            buffer = _per_thread.buffer = torch.empty(first + second + sizes["padded"], dtype=torch.float32)
     offsets = {"tile_values": 0, "products": 0, "transformed": first, "outputs": first,
                "padded": first + second}
     views = {name: buffer[offsets[name]:offsets[name] + sizes[name]].view(shape) for name, shape in shapes.items()}

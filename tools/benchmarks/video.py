@@ -61,7 +61,7 @@ def write_synthetic_video(path: Path, seconds: float, width: int, height: int, f
         return cv2.resize(coarse, (coarse.shape[1] * cell, coarse.shape[0] * cell), interpolation=cv2.INTER_CUBIC)
 
     rng = np.random.default_rng(0)
-    shading, detail = texture(32, height, width, rng), texture(4, height, width, rng)
+    shading, detail = texture(32, height, width, rng), texture(4, height, width + 12, rng)
     partial = path.with_suffix(".part.mp4")
     with av.open(str(partial), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps, options=X264_SETTINGS[content])
