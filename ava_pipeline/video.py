@@ -131,10 +131,10 @@ class GridFrame:
         """The frame upright, uint8 (H, W, 3) RGB, C-contiguous, read-only (shared between copies)."""
         return self._source.rgb()
 
-    def prefetch(self, executor, convert=None) -> None:
-        """Start converting the frame to RGB in ``executor`` so that :meth:`rgb` finds it ready;
-        ``convert(frame, quarter_turns)``: how (default: :func:`_upright_rgb`)."""
-        self._source.prefetch(executor, convert or _upright_rgb)
+    def prefetch(self, executor, convert) -> None:
+        """Start ``convert(frame, quarter_turns)`` (e.g. :func:`_upright_rgb`) in ``executor`` so that
+        :meth:`rgb` finds the frame converted."""
+        self._source.prefetch(executor, convert)
 
     @property
     def converted(self) -> bool:

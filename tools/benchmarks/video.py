@@ -128,22 +128,23 @@ def _best_seconds(methods: dict, repeats: int):
 
 
 def _keyframe_rgb_difference(path: Path, num_frames: int, sampling_rate: int):
-    """(largest absolute difference, frames compared) between iter_clips' keyframe images and PyAV's
+    """(largest absolute difference, frames compared, clips) between iter_clips' keyframe images and PyAV's
     ``frame.to_ndarray(format="rgb24")`` of the decoded frames with the same timestamps."""
     import av
     import numpy as np
     from ava_pipeline.video import iter_clips
 
-    largest, compared, frame = 0, 0, None
+    largest, compared, clips, frame = 0, 0, 0, None
     with av.open(str(path)) as container:
         frames = container.decode(video=0)
         for clip in iter_clips(path, None, num_frames=num_frames, sampling_rate=sampling_rate):
+            clips += 1
             while frame is None or frame.pts < clip.keyframe_pts:
                 frame = next(frames)
             if frame.pts == clip.keyframe_pts:
                 difference = np.abs(frame.to_ndarray(format="rgb24").astype(np.int16) - clip.keyframe_image)
                 largest, compared = max(largest, int(difference.max())), compared + 1
-    return largest, compared
+    return largest, compared, clips
 
 
 # The child reads its own peak from /proc (VmHWM): ru_maxrss would carry the parent's peak over fork + exec.
@@ -184,7 +185,7 @@ def _report_throughput(path: Path, frames: int, content: str, args) -> None:
         "bare_rgb": lambda: _bare_decode(path, to_rgb=True),
         "ours": lambda: _iter_clips(path, args.num_frames, args.sampling_rate),
     }, args.repeats)
-    keyframes = _iter_clips(path, args.num_frames, args.sampling_rate)
+    largest, compared, keyframes = _keyframe_rgb_difference(path, args.num_frames, args.sampling_rate)
     megabits = path.stat().st_size * 8 / 1e6 / (frames / args.fps)
     print(f"\nthroughput, {content}: {path.name} ({frames} frames, {megabits:.1f} Mbit/s, x264 "
           f"{X264_SETTINGS[content]['preset']}; best of {args.repeats}, methods interleaved):")
@@ -200,7 +201,6 @@ def _report_throughput(path: Path, frames: int, content: str, args) -> None:
     if others_cpu is not None:
         print(f"  other processes used {others_cpu:.1f} CPU s during the {timed_wall:.1f} s of timed runs "
               f"({others_cpu / timed_wall:.2f} cores on average; near 0 for meaningful wall ratios)")
-    largest, compared = _keyframe_rgb_difference(path, args.num_frames, args.sampling_rate)
     print(f"  RGB check: iter_clips keyframe images vs PyAV frame.to_ndarray(format='rgb24'): largest "
           f"difference {largest} over {compared} frames")
 
