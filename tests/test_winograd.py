@@ -1,4 +1,6 @@
 """Winograd F(4x4, 3x3) 1x3x3 convolutions: same values as direct convolution, used where the rule says."""
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,13 +68,22 @@ def test_folded_conv_uses_winograd_for_res4_b_and_gives_the_same_values():
 
 
 def test_float32_even_when_the_default_dtype_is_float64():
-    weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 40, 40))  # a larger workspace
+    weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 40, 40))
+    results = []
+
+    def run():  # a fresh thread: its workspace is created now, under the float64 default
+        results.append(winograd.conv1x3x3(x, winograd.transform_weight(weight), None, False))
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        got = winograd.conv1x3x3(x, winograd.transform_weight(weight), None, False)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
     finally:
         torch.set_default_dtype(previous)
+    assert len(results) == 1, "the convolution raised in its thread"
+    got = results[0]
     assert got.dtype == torch.float32
     assert (got - F.conv3d(x, weight, padding=(0, 1, 1))).abs().max().item() < 1e-4
 
@@ -80,7 +91,15 @@ def test_float32_even_when_the_default_dtype_is_float64():
 def test_workspace_serves_calls_inside_and_outside_inference_mode():
     weight, x = torch.randn(4, 3, 1, 3, 3), channels_last(torch.randn(1, 3, 2, 5, 6))
     transformed = winograd.transform_weight(weight)
-    with torch.inference_mode():
-        inside = winograd.conv1x3x3(x, transformed, None, False)
-    outside = winograd.conv1x3x3(x, transformed, None, False)
-    assert torch.equal(inside, outside)
+    results = []
+
+    def run():  # a fresh thread: its workspace is created by the call inside inference mode
+        with torch.inference_mode():
+            results.append(winograd.conv1x3x3(x, transformed, None, False))
+        results.append(winograd.conv1x3x3(x, transformed, None, False))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert len(results) == 2, "a convolution raised in its thread"
+    assert torch.equal(results[0], results[1])
