@@ -74,6 +74,13 @@ def read_manifest(folder: Path) -> dict:
     return json.loads((folder / MANIFEST_NAME).read_text())
 
 
+def manifest_statuses(folder: Path) -> set:
+    """The statuses the manifest of ``folder`` records now (empty before the batch saved one)."""
+    if not (folder / MANIFEST_NAME).exists():
+        return set()
+    return {entry["status"] for entry in read_manifest(folder)["videos"].values()}
+
+
 def detect_subprocess(inputs: dict, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "ava_pipeline.cli.detect", str(inputs["movies"]), "--out",
@@ -91,10 +98,7 @@ def kill_after_first_output(process: subprocess.Popen, out: Path, timeout_s: flo
     while True:
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "no video was recorded as done"
-        statuses = set()
-        if (out / MANIFEST_NAME).exists():
-            statuses = {entry["status"] for entry in read_manifest(out)["videos"].values()}
-        if {"done", "running"} <= statuses:
+        if {"done", "running"} <= manifest_statuses(out):
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)

@@ -17,7 +17,8 @@ from ava_pipeline.cli.detect import find_videos
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_batch import (  # noqa: E402
-    FAILING, csv_files, detect_subprocess, kill_after_first_output, make_batch_inputs, read_manifest, temporaries)
+    FAILING, csv_files, detect_subprocess, kill_after_first_output, make_batch_inputs, manifest_statuses, read_manifest,
+    temporaries)
 
 ray = pytest.importorskip("ray")
 
@@ -81,7 +82,7 @@ def test_killed_ray_worker_is_replaced_and_every_video_done(cluster, inputs, loc
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             pids = actor_pids()
-            if pids and list(out.rglob("*.csv")):
+            if pids and {"done", "running"} <= manifest_statuses(out):
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.02)
