@@ -19,7 +19,6 @@ Every backend keeps a box when its score is at least ``score_thresh`` (PySlowFas
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 import sys
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 import numpy as np
 
 from .errors import ConfigError, DependencyMissingError, InputFormatError, WeightsError
+from .evaluation.io import csv_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -541,21 +541,20 @@ def read_person_boxes(path: Union[str, Path], *, score_thresh: float = DEFAULT_S
         raise InputFormatError(f"{path}: box file not found; pass an AVA box CSV ({BOX_CSV_FORMAT})")
     # {video: {time: {coordinate texts: [x1, y1, x2, y2, score]}}}
     found: dict[str, dict[Fraction, dict[tuple, list]]] = {}
-    with open(path, newline="") as f:
-        for line_number, row in enumerate(csv.reader(f), start=1):
-            fields = [value.strip() for value in row]
-            if not any(fields):
-                continue
-            if line_number == 1 and fields[:2] == ["video_id", "timestamp"]:
-                continue
-            video_id, time, texts, score = _parse_box_row(fields, f"{path}:{line_number}")
-            boxes = found.setdefault(video_id, {}).setdefault(time, {})
-            if score < score_thresh:
-                continue
-            if texts in boxes:
-                boxes[texts][4] = max(boxes[texts][4], score)
-            else:
-                boxes[texts] = [float(value) for value in texts] + [score]
+    for line_number, row in csv_rows(path):
+        fields = [value.strip() for value in row]
+        if not any(fields):
+            continue
+        if line_number == 1 and fields[:2] == ["video_id", "timestamp"]:
+            continue
+        video_id, time, texts, score = _parse_box_row(fields, f"{path}:{line_number}")
+        boxes = found.setdefault(video_id, {}).setdefault(time, {})
+        if score < score_thresh:
+            continue
+        if texts in boxes:
+            boxes[texts][4] = max(boxes[texts][4], score)
+        else:
+            boxes[texts] = [float(value) for value in texts] + [score]
     return {video_id: {time: PersonBoxes(np.array([v[:4] for v in boxes.values()], np.float32).reshape(-1, 4),
                                          np.array([v[4] for v in boxes.values()], np.float32),
                                          list(boxes))

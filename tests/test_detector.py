@@ -256,6 +256,13 @@ def test_malformed_box_row_is_an_error_with_file_and_line(tmp_path, bad_row, mes
         build_detector("precomputed", boxes_csv=path)
 
 
+def test_box_file_that_is_not_text_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(InputFormatError, match="boxes.csv: cannot be read as a UTF-8 CSV file"):
+        build_detector("precomputed", boxes_csv=path)
+
+
 def test_missing_box_file_is_named(tmp_path):
     with pytest.raises(InputFormatError, match="nothing.csv: box file not found"):
         build_detector("precomputed", boxes_csv=tmp_path / "nothing.csv")
