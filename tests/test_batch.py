@@ -63,7 +63,7 @@ def make_batch_inputs(folder: Path) -> dict:
 
 def csv_files(folder: Path) -> dict:
     """Relative path -> bytes of every CSV under ``folder``."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.csv"))}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.csv")) if p.is_file()}
 
 
 def temporaries(folder: Path) -> list:
@@ -164,6 +164,17 @@ def test_two_workers_give_identical_bytes_and_a_rerun_skips_everything(inputs, r
     again = run_batch(good, out, detector_settings=inputs["settings"], workers=2, quiet=True)
     assert (again.done, again.failed, again.skipped) == (0, 0, 4)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} == before
+
+
+def test_an_output_path_taken_by_a_folder_fails_that_video_only(inputs, reference, tmp_path):
+    out = tmp_path / "out"
+    (out / "b.csv").mkdir(parents=True)
+    summary = run_batch(find_videos([inputs["movies"]]), out, detector_settings=inputs["settings"], quiet=True)
+    assert (summary.done, summary.failed) == (3, 3)
+    entry = read_manifest(out)["videos"]["b"]
+    assert entry["status"] == "failed" and str(out / "b.csv") in entry["error"]
+    expected = {name: data for name, data in csv_files(reference[0]).items() if name != "b.csv"}
+    assert csv_files(out) == expected and (out / "b.csv").is_dir()
 
 
 def test_rerun_redoes_tampered_interrupted_and_leftover_outputs(inputs, reference, tmp_path):

@@ -237,8 +237,9 @@ def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], 
                          output_sha256=file_sha256(output), keyframes=stats.keyframes, persons=stats.persons,
                          render=None if render is None else str(render))
         entry["timings"]["write"] = round(time.perf_counter() - start, 3)
-    if entry["status"] == STATUS_FAILED:
-        output.unlink(missing_ok=True)  # an older output of this video no longer matches the manifest
+    if entry["status"] == STATUS_FAILED and output.is_file():
+        with contextlib.suppress(OSError):  # an older output no longer matches the manifest: remove it if we can
+            output.unlink()
     return entry
 
 
