@@ -100,6 +100,38 @@ def test_missing_input_and_unknown_config_exit_2(setup, tmp_path, capsys):
     assert len(err) == 1 and "NO_SUCH_MODEL" in err[0]
 
 
+def test_outputs_that_would_overwrite_an_input_are_refused(setup, tmp_path, capsys):
+    video = tmp_path / "walk.mp4"
+    video.write_bytes(setup["video"].read_bytes())
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_bytes(setup["boxes"].read_bytes())
+    before = {path: path.read_bytes() for path in (video, boxes)}
+    for extra in (["--out", str(video)], ["--out", str(boxes)], ["--out", str(tmp_path / "walk.csv"),
+                                                                 "--render", str(tmp_path)]):
+        assert main([str(video), *setup["model"], "--boxes", str(boxes), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "choose another" in err[0] and "which is the" in err[0]
+    assert {path: path.read_bytes() for path in before} == before
+    assert main([str(tmp_path), *setup["model"], "--boxes", str(boxes), "--out", str(tmp_path / "out"),
+                 "--render", str(tmp_path)]) == 2
+    assert f"which is the input video {video}" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_an_output_folder_under_a_file_is_a_usage_error(setup, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for extra in (["--out", str(blocker / "walk.csv")], ["--out", str(tmp_path / "walk.csv"), "--render",
+                                                         str(blocker / "render")]):
+        assert run(setup, *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot create the folder" in err[0] and str(blocker) in err[0]
+    assert not (tmp_path / "walk.csv").exists()
+    assert main([str(setup["folder"]), *setup["model"], "--boxes", str(setup["boxes"]), "--out",
+                 str(blocker / "out")]) == 2
+    assert "--out: cannot create the folder" in capsys.readouterr().err
+
+
 def test_corrupt_video_fails_with_one_line_naming_it(setup, tmp_path, capsys):
     broken = tmp_path / "walk.mkv"
     broken.write_bytes(setup["video"].read_bytes()[:600])

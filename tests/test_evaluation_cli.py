@@ -77,6 +77,22 @@ def test_usage_errors_exit_2(inputs, capsys):
     assert "has no excluded timestamps" in capsys.readouterr().err
 
 
+def test_outputs_never_overwrite_inputs_and_a_bad_plot_type_is_one_line(inputs, tmp_path, capsys):
+    gt, det, ex = inputs
+    before = [path.read_bytes() for path in inputs]
+    ex_by_another_path = str(tmp_path / ".." / tmp_path.name / "ex.csv")
+    for output in (["--json", str(det)], ["--plot", str(gt)], ["--json", ex_by_another_path]):
+        assert main(["--gt", str(gt), "--det", str(det), "--exclusions", str(ex), *output]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "choose another" in err and output[1] in err
+    assert main(["persons", "--gt", str(gt), "--det", str(det), "--json", str(gt)]) == 2
+    assert "which is the --gt file" in capsys.readouterr().err
+    assert [path.read_bytes() for path in inputs] == before
+    assert main(["--gt", str(gt), "--det", str(det), "--plot", str(tmp_path / "ap.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ap.xyz: cannot write the plot" in err and ".png" in err
+
+
 def test_importing_the_evaluator_does_not_import_torch():
     code = ("import sys, ava_pipeline.evaluation, ava_pipeline.cli.evaluate; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")

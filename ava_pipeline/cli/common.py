@@ -1,11 +1,12 @@
 """Tiny helpers shared by the console entry points."""
 from __future__ import annotations
 
+import os
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Iterable
 
-from ..errors import AvaPipelineError
+from ..errors import AvaPipelineError, ConfigError
 
 USAGE_ERROR = 2
 """Exit status for a bad command line or unusable input (argparse uses it too)."""
@@ -32,3 +33,15 @@ def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno}); "
               f"rerun with --debug for the traceback and report it", file=sys.stderr)
         return 1
+
+
+def refuse_overwriting_inputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, object]]) -> None:
+    """Raise :class:`ConfigError` when an output ``(option, path)`` is one of the ``(description, path)``
+    inputs (compared after resolving links and ``..``), so that a mistyped option never destroys an input."""
+    known: dict[str, str] = {}
+    for description, path in inputs:
+        known.setdefault(os.path.realpath(path), description)
+    for option, output in outputs:
+        overwritten = known.get(os.path.realpath(output))
+        if overwritten is not None:
+            raise ConfigError(f"{option} would write {output}, which is {overwritten}; choose another {option} path")

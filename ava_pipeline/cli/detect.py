@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import AvaPipelineError
-from .common import USAGE_ERROR, run_cli
+from .common import USAGE_ERROR, refuse_overwriting_inputs, run_cli
 
 PROG = "ava-detect"
 
@@ -207,6 +207,47 @@ def _check_usage(args: argparse.Namespace) -> None:
             raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
+def _single_output(args: argparse.Namespace, video: Path) -> Path:
+    """The detections file of a one-video run: ``--out``, or ``<stem>.<format>`` in an existing ``--out`` folder."""
+    from ..writers import OUTPUT_SUFFIXES
+
+    if args.out.is_dir():
+        return args.out / f"{video.stem}{OUTPUT_SUFFIXES[args.output_format]}"
+    return args.out
+
+
+def _writable_folder(option: str, folder: Path) -> None:
+    """Create ``folder`` (and parents) or raise :class:`UsageError` saying why ``option`` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot create the folder {folder} ({exc.strerror or exc}); choose a path in a "
+                         "folder you can write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: the folder {folder} is not writable; choose a folder you can write to")
+
+
+def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], single: bool) -> None:
+    """Refuse a run that would overwrite one of its inputs, or whose output folders cannot be written;
+    checked before any model is built, so a mistyped option costs nothing and destroys nothing."""
+    from ..writers import OUTPUT_SUFFIXES, render_paths
+
+    inputs = [(f"the input video {path}", path) for path, _ in videos]
+    inputs += [(f"the --{option.replace('_', '-')} file {getattr(args, option)}", getattr(args, option))
+               for option in ("boxes", "config", "weights", "detector_weights") if getattr(args, option) is not None]
+    names = [(video.stem, _single_output(args, video)) for video, _ in videos] if single else [
+        (name, args.out / f"{name}{OUTPUT_SUFFIXES[args.output_format]}") for _, name in videos]
+    outputs = [("--out", output) for _, output in names]
+    if args.render is not None:
+        outputs += [("--render", render_paths(args.render, name)[0]) for name, _ in names]
+    refuse_overwriting_inputs(outputs, inputs)
+    if not single and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: is a file; several videos need an output folder")
+    _writable_folder("--out", args.out.parent if single and not args.out.is_dir() else args.out)
+    if args.render is not None:
+        _writable_folder("--render", args.render)
+
+
 def _show_progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
@@ -228,11 +269,9 @@ def _error_line(path: Path, exc: BaseException) -> str:
 
 def _run_single(args, video: Path) -> int:
     from ..pipeline import ActionDetector
-    from ..writers import OUTPUT_SUFFIXES, write_video_outputs
+    from ..writers import write_video_outputs
 
-    out = args.out
-    if out.is_dir():
-        out = out / f"{video.stem}{OUTPUT_SUFFIXES[args.output_format]}"
+    out = _single_output(args, video)
     detector = ActionDetector(**detector_settings(args))  # a bad model / weights / box file: exit status 2
     bar = None
     if _show_progress(args):
@@ -269,8 +308,6 @@ def _run_single(args, video: Path) -> int:
 def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
     from ..batch import run_batch
 
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out}: is a file; several videos need an output folder")
     summary = run_batch(videos, args.out, detector_settings=detector_settings(args),
                         output_format=args.output_format, min_score=args.min_score, render_dir=args.render,
                         engine=args.engine, workers=args.workers, ray_address=args.ray_address, quiet=args.quiet)
@@ -285,7 +322,9 @@ def run(args: argparse.Namespace) -> int:
     :class:`AvaPipelineError`) when nothing can be processed."""
     _check_usage(args)
     videos = find_videos(args.inputs, exclude=[p for p in (args.out, args.render) if p is not None])
-    if len(args.inputs) == 1 and Path(args.inputs[0]).is_file():
+    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    _check_outputs(args, videos, single)
+    if single:
         return _run_single(args, videos[0][0])
     return _run_batch(args, videos)
 

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputFormatError
-from .common import run_cli
+from .common import refuse_overwriting_inputs, run_cli
 
 PROG = "ava-eval"
 
@@ -78,9 +78,15 @@ def main(argv=None) -> int:
     return run_cli(lambda: _frame_map(args), PROG, args.debug)
 
 
+def _refuse_overwriting_inputs(args, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
+    refuse_overwriting_inputs([(f"--{name}", getattr(args, name)) for name in outputs if getattr(args, name)],
+                              [(f"the --{name} file", getattr(args, name)) for name in inputs if getattr(args, name)])
+
+
 def _frame_map(args) -> int:
     from ..evaluation import evaluate
 
+    _refuse_overwriting_inputs(args, ("json", "plot"), ("gt", "det", "labelmap", "exclusions"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(args.gt, args.det, args.labelmap, exclusions=args.exclusions, protocol=args.protocol,
@@ -124,6 +130,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 def _persons(args) -> int:
     from ..evaluation.persons import person_detection_ap
 
+    _refuse_overwriting_inputs(args, ("json",), ("gt", "det"))
     metrics = person_detection_ap(args.gt, args.det)
     print(f"person boxes: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
           f"({metrics['images']} keyframes, {metrics['gt_boxes']} ground-truth boxes, "
@@ -165,8 +172,8 @@ def plot_per_class(result, path) -> None:
     figure.tight_layout()
     try:
         figure.savefig(path, dpi=100)
-    except OSError as exc:
-        raise InputFormatError(f"{path}: cannot write the plot ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a file type matplotlib cannot write
+        raise InputFormatError(f"{path}: cannot write the plot ({exc}); use a .png, .pdf or .svg path") from None
     finally:
         plt.close(figure)
 
