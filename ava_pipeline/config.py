@@ -1,7 +1,9 @@
 """Typed configuration of an action model, read from our YAML or from PySlowFast's AVA YAML unchanged.
 
 This module is the single configuration boundary: builders read these dataclasses, modules take plain
-arguments. Values are converted by declared type; an unknown key is an error that suggests the closest name.
+arguments. Values are converted by declared type; an unknown key is an error that suggests the closest name; a
+value the model or the data path cannot use (a zero stride, a dropout of 2) is an error
+naming the file and the key.
 
 Our YAML (``configs/*.yaml``) mirrors the dataclasses::
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -92,19 +95,62 @@ class ActionModelConfig:
     weights: Optional[str] = None  # checkpoint path named by the config (PySlowFast TEST/TRAIN.CHECKPOINT_FILE_PATH)
 
 
+# Bottleneck blocks in res2..res5 per supported model.depth (models.slowfast.BLOCKS_PER_STAGE; a test keeps them equal)
+_BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
 _SUPPORTED = {
     ("model", "arch"): ("slowfast", "slow"),
-    ("model", "depth"): (50, 101),
+    ("model", "depth"): tuple(_BLOCKS_PER_STAGE),
     ("model", "nonlocal_instantiation"): ("dot_product", "softmax"),
     ("model", "head_act"): ("sigmoid",),
 }
 
 
+def _leaves(value: Any) -> list:
+    """The scalars of a nested tuple, in order (a scalar is its own only leaf)."""
+    return [leaf for item in value for leaf in _leaves(item)] if isinstance(value, tuple) else [value]
+
+
+_POSITIVE = (lambda v: v > 0, "a positive integer")
+_ALL_POSITIVE = (lambda v: all(x > 0 for x in _leaves(v)), "positive integers for every stage and pathway")
+
+# (section or None for top level, key) -> (test of the value, what to use instead); checked in this order,
+# after the value types and the per-stage shapes.
+_VALID = {
+    **{("model", key): _POSITIVE for key in (
+        "num_frames", "sampling_rate", "alpha", "beta_inv", "fusion_conv_channel_ratio", "width_per_group",
+        "num_groups", "num_classes", "roi_resolution", "spatial_scale_factor")},
+    ("model", "fusion_kernel_size"): (lambda v: v > 0 and v % 2 == 1,
+                                      "a positive odd integer (an even kernel changes the fused frame count)"),
+    ("model", "dropout_rate"): (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    ("model", "spatial_strides"): _ALL_POSITIVE,
+    ("model", "spatial_dilations"): _ALL_POSITIVE,
+    ("model", "nonlocal_pool"): (lambda v: all(len(pool) == 3 for stage in v for pool in stage)
+                                 and all(x > 0 for x in _leaves(v)),
+                                 "a [t, h, w] kernel of positive integers for every stage and pathway"),
+    ("data", "fps"): _POSITIVE,
+    ("data", "test_crop_size"): _POSITIVE,
+    ("data", "mean"): (lambda v: len(v) == 3 and all(math.isfinite(x) for x in v), "3 finite numbers (RGB)"),
+    ("data", "std"): (lambda v: len(v) == 3 and all(math.isfinite(x) and x > 0 for x in v),
+                      "3 positive finite numbers (RGB)"),
+    (None, "box_thresh"): (lambda v: 0 <= v <= 1, "a score in [0, 1]"),
+}
+
+# Per-stage options bounded by the stage's block count: key -> (test of one entry against the count, what to use)
+_WITHIN_STAGE = {
+    "num_block_temp_kernel": (lambda n, blocks: 0 <= n <= blocks, "block counts from 0 to {blocks}"),
+    "nonlocal_location": (lambda i, blocks: 0 <= i < blocks, "block indices from 0 to {last}"),
+}
+
+
 # ----------------------------------------------------------------------------------------------- conversion
 
-def _suggest(name: str, choices) -> str:
+def _suggest(name: str, choices, list_all: bool = True) -> str:
+    """``"; did you mean 'X'?"`` for the closest choice, else the list of valid keys (or nothing)."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; valid keys: {', '.join(sorted(choices))}" if list_all else ""
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -155,27 +201,48 @@ def _build(cls, values: Any, where: str):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(str(key), names)}")
+            raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r}{_suggest(str(key), names)}")
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
 
-def _validate(cfg: ActionModelConfig, source: str) -> ActionModelConfig:
+def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[dict[str, str]] = None
+              ) -> ActionModelConfig:
+    """Reject values the model or the data path cannot use, naming ``source`` and the key (with its PySlowFast
+    name when ``pyslowfast_names`` maps ``section.key`` to it)."""
+    def fail(name: str, value: Any, problem: str) -> typing.NoReturn:
+        original = (pyslowfast_names or {}).get(name.split("[")[0])
+        raise ConfigError(f"{source}: {name}{f' ({original})' if original else ''}={value!r} {problem}")
+
+    def dotted(section: Optional[str], key: str) -> str:
+        return f"{section}.{key}" if section else key
+
     for (section, key), allowed in _SUPPORTED.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
-            raise ConfigError(f"{source}: {section}.{key}={value!r} is not supported; use one of {list(allowed)}")
+            fail(dotted(section, key), value, f"is not supported; use one of {list(allowed)}")
     model = cfg.model
-    per_pathway = (model.num_block_temp_kernel, model.spatial_strides, model.spatial_dilations,
-                   model.nonlocal_location, model.nonlocal_pool)
-    for option in per_pathway:
+    for key in ("num_block_temp_kernel", "spatial_strides", "spatial_dilations", "nonlocal_location",
+                "nonlocal_pool"):
+        option = getattr(model, key)
         if len(option) != 4 or any(len(stage) != model.num_pathways for stage in option):
-            raise ConfigError(f"{source}: per-stage options need 4 stages of {model.num_pathways} pathway value(s) "
-                              f"for arch {model.arch!r}, got {option!r}")
+            fail(f"model.{key}", option, f"has the wrong shape; per-stage options need 4 stages of "
+                                         f"{model.num_pathways} pathway value(s) for arch {model.arch!r}")
+    for (section, key), (is_valid, use) in _VALID.items():
+        value = getattr(getattr(cfg, section) if section else cfg, key)
+        if not is_valid(value):
+            fail(dotted(section, key), value, f"is not valid; use {use}")
+    for key, (is_valid, use) in _WITHIN_STAGE.items():
+        for stage, (per_pathway, blocks) in enumerate(zip(getattr(model, key), _BLOCKS_PER_STAGE[model.depth])):
+            if not all(is_valid(entry, blocks) for entry in _leaves(per_pathway)):
+                fail(f"model.{key}[{stage}]", per_pathway,
+                     f"is not valid; use {use.format(blocks=blocks, last=blocks - 1)} "
+                     f"(stage res{stage + 2} has {blocks} blocks at depth {model.depth})")
+    if model.arch == "slowfast" and model.width_per_group < model.beta_inv:
+        fail("model.width_per_group", model.width_per_group,
+             f"leaves the Fast pathway no channels; use at least beta_inv={model.beta_inv}")
     if model.arch == "slowfast" and model.num_frames % model.alpha:
-        raise ConfigError(f"{source}: model.num_frames={model.num_frames} must be a multiple of alpha={model.alpha}")
-    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
-        raise ConfigError(f"{source}: data.mean and data.std need 3 values (RGB)")
+        fail("model.num_frames", model.num_frames, f"must be a multiple of alpha={model.alpha}")
     return cfg
 
 
@@ -214,6 +281,10 @@ _PYSLOWFAST_KEYS = {
     ("TEST", "CHECKPOINT_FILE_PATH"): (None, "weights", "path"),
 }
 
+# our ``section.key`` (or top-level ``key``) -> the PySlowFast ``SECTION.KEY`` it is read from, for messages
+_PYSLOWFAST_NAMES = {(f"{ours}.{key}" if ours else key): f"{section}.{name}"
+                     for (section, name), (ours, key, _) in _PYSLOWFAST_KEYS.items()}
+
 # Keys whose value must be what our implementation does (anything else would silently change the model).
 _PYSLOWFAST_REQUIRED = {
     ("RESNET", "TRANS_FUNC"): "bottleneck_transform",
@@ -250,12 +321,16 @@ def _is_ignored(section: str, key: Optional[str]) -> bool:
 def _from_pyslowfast(raw: dict, source: str, name: str) -> ActionModelConfig:
     sections: dict[Optional[str], dict] = {None: {"name": name}, "model": {}, "data": {}}
     known_sections = {s for s, _ in _PYSLOWFAST_KEYS} | {s for s, _ in _PYSLOWFAST_REQUIRED}
+    classes = {None: ActionModelConfig, "model": ModelConfig, "data": DataConfig}
     for section, body in raw.items():
         if _is_ignored(section, None):
             continue
         if not isinstance(body, dict):
+            if section in known_sections:
+                raise ConfigError(f"{source}: PySlowFast section {section} must be a mapping of keys, got "
+                                  f"{body!r}; fill in its keys or remove it")
             raise ConfigError(f"{source}: unknown PySlowFast key {section!r}"
-                              f"{_suggest(section, known_sections | PYSLOWFAST_IGNORED)}")
+                              f"{_suggest(str(section), known_sections | PYSLOWFAST_IGNORED)}")
         for key, value in body.items():
             if _is_ignored(section, key):
                 continue
@@ -269,11 +344,9 @@ def _from_pyslowfast(raw: dict, source: str, name: str) -> ActionModelConfig:
                 raise ConfigError(f"{source}: unknown PySlowFast key {section}.{key}"
                                   f"{_suggest(f'{section}.{key}', choices)}")
             ours, our_key, kind = _PYSLOWFAST_KEYS[(section, key)]
-            if kind == "label_map":
-                value = _pyslowfast_label_map(value)
-            elif kind == "path":
-                value = value or None
-            sections[ours][our_key] = value
+            value = _convert((value or None) if kind == "path" else value,
+                             typing.get_type_hints(classes[ours])[our_key], f"{section}.{key}")
+            sections[ours][our_key] = _pyslowfast_label_map(value) if kind == "label_map" else value
     values = dict(sections[None], model=sections["model"], data=sections["data"])
     if values["model"].get("arch") == "slow":
         values["model"].setdefault("nonlocal_pool", (((1, 2, 2),),) * 4)
@@ -306,7 +379,7 @@ def _resolve(source: str | Path) -> Path:
         return Path(str(packaged))
     names = packaged_config_names()
     raise ConfigError(f"config {str(source)!r} is neither a YAML file nor a packaged config"
-                      f"{_suggest(str(source), names) if names else ''} (packaged: {', '.join(names)})")
+                      f"{_suggest(str(source), names, list_all=False)} (packaged: {', '.join(names)})")
 
 
 def load_config(source: str | Path) -> ActionModelConfig:
@@ -318,15 +391,13 @@ def load_config(source: str | Path) -> ActionModelConfig:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at top level")
+    pyslowfast = any(isinstance(k, str) and k.isupper() for k in raw)
     try:
-        if any(isinstance(k, str) and k.isupper() for k in raw):
-            cfg = _from_pyslowfast(raw, str(path), name=path.stem)
-        else:
-            cfg = _build(ActionModelConfig, raw, "")
+        cfg = _from_pyslowfast(raw, str(path), name=path.stem) if pyslowfast else _build(ActionModelConfig, raw, "")
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return _validate(cfg, str(path))
+    return _validate(cfg, str(path), _PYSLOWFAST_NAMES if pyslowfast else None)
 
 
 def dump_config(cfg: ActionModelConfig) -> str:

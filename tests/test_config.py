@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ava_pipeline import config
 from ava_pipeline.config import ModelConfig, dump_config, load_config, packaged_config_names
 from ava_pipeline.errors import ConfigError
+from ava_pipeline.models.slowfast import BLOCKS_PER_STAGE
 
 PYSLOWFAST = Path(__file__).parent / "data" / "pyslowfast_configs"
 PYSLOWFAST_YAMLS = sorted(PYSLOWFAST.rglob("*.yaml"))
@@ -114,6 +116,106 @@ def test_type_errors_name_the_key(tmp_path, data, message):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+def write_variant(tmp_path, section, key, value) -> Path:
+    """A valid R50 SlowFast config (ours) with ``section.key`` (or top-level ``key``) set to ``value``."""
+    data = yaml.safe_load(dump_config(load_config("SLOWFAST_32x2_R50_SHORT")))
+    (data[section] if section else data)[key] = value
+    return write(tmp_path, data, "variant.yaml")
+
+
+# values the model or the data path cannot use; each used to crash there (SIGFPE, ZeroDivisionError, a C++
+# trace, a video error) or was accepted silently
+@pytest.mark.parametrize("section,key,value", [
+    ("model", "alpha", 0),
+    ("model", "beta_inv", 0),
+    ("model", "num_frames", 0),
+    ("model", "sampling_rate", -2),
+    ("model", "width_per_group", 0),
+    ("model", "width_per_group", 4),  # < beta_inv: no Fast channels
+    ("model", "num_groups", 0),
+    ("model", "num_classes", 0),
+    ("model", "roi_resolution", -3),
+    ("model", "spatial_scale_factor", 0),
+    ("model", "spatial_scale_factor", -16),
+    ("model", "fusion_kernel_size", 0),
+    ("model", "fusion_kernel_size", 4),
+    ("model", "fusion_conv_channel_ratio", 0),
+    ("model", "dropout_rate", 2.0),
+    ("model", "dropout_rate", 1.0),
+    ("model", "spatial_strides", [[0, 0]] * 4),
+    ("model", "spatial_strides", [[1, 1], [-2, -2], [2, 2], [1, 1]]),
+    ("model", "spatial_dilations", [[1, 1], [1, 1], [1, 1], [0, 2]]),
+    ("model", "nonlocal_pool", [[[1, 2], [1, 2]]] * 4),
+    ("model", "nonlocal_pool", [[[1, 2, 2], [0, 2, 2]]] * 4),
+    ("model", "num_block_temp_kernel", [[3, 3], [4, 4], [7, 6], [3, 3]]),  # res4 of R50 has 6 blocks
+    ("model", "num_block_temp_kernel", [[-1, 3], [4, 4], [6, 6], [3, 3]]),
+    ("model", "nonlocal_location", [[[], []], [[], []], [[6], []], [[], []]]),  # indices 0..5 in res4 of R50
+    ("model", "nonlocal_location", [[[], [-1]], [[], []], [[], []], [[], []]]),
+    ("model", "depth", 34),
+    ("data", "fps", 0),
+    ("data", "test_crop_size", 0),
+    ("data", "test_crop_size", -64),
+    ("data", "mean", [float("inf")] * 3),
+    ("data", "mean", [0.45, 0.45]),
+    ("data", "std", [0, 0, 0]),
+    ("data", "std", [0.2, float("nan"), 0.2]),
+    (None, "box_thresh", 2.0),
+    (None, "box_thresh", -0.1),
+    (None, "box_thresh", float("nan")),
+])
+def test_unusable_values_are_config_errors_naming_file_and_key(tmp_path, section, key, value):
+    path = write_variant(tmp_path, section, key, value)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {section + '.' if section else ''}{key}")
+    assert "; use " in str(info.value) or "must be" in str(info.value)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("model", "dropout_rate", 0.0),
+    ("model", "num_block_temp_kernel", [[0, 0], [4, 4], [6, 6], [3, 3]]),
+    ("model", "nonlocal_location", [[[], []], [[], []], [[0, 5], []], [[], [2]]]),
+    (None, "box_thresh", 0.0),
+    (None, "box_thresh", 1.0),
+])
+def test_boundary_values_load(tmp_path, section, key, value):
+    load_config(write_variant(tmp_path, section, key, value))
+
+
+def test_block_counts_match_the_model():
+    assert config._BLOCKS_PER_STAGE == BLOCKS_PER_STAGE
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("SLOWFAST", "ALPHA", 0, "model.alpha (SLOWFAST.ALPHA)=0 is not valid; use a positive integer"),
+    ("RESNET", "SPATIAL_STRIDES", [[0, 0]] * 4, "model.spatial_strides (RESNET.SPATIAL_STRIDES)="),
+    ("DETECTION", "SPATIAL_SCALE_FACTOR", 0,
+     "model.spatial_scale_factor (DETECTION.SPATIAL_SCALE_FACTOR)=0 is not valid"),
+    ("AVA", "DETECTION_SCORE_THRESH", 2, "box_thresh (AVA.DETECTION_SCORE_THRESH)=2.0"),
+    ("NONLOCAL", "LOCATION", [[[], []], [[], []], [[9], []], [[], []]],
+     "model.nonlocal_location[2] (NONLOCAL.LOCATION)=((9,), ())"),
+    ("AVA", "LABEL_MAP_FILE", 5, "AVA.LABEL_MAP_FILE: expected a string, got 5"),
+    ("TEST", "CHECKPOINT_FILE_PATH", 5, "TEST.CHECKPOINT_FILE_PATH: expected a string, got 5"),
+    ("RESNET", "DEPTH", "50", "RESNET.DEPTH: expected an integer, got '50'"),
+])
+def test_pyslowfast_errors_name_the_pyslowfast_key(tmp_path, section, key, value, message):
+    data = {"MODEL": {"ARCH": "slowfast"}, section: {key: value}}
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_messages_without_empty_or_self_suggestions(tmp_path):
+    path = write(tmp_path, {"foo": 1})
+    with pytest.raises(ConfigError, match=r"cfg.yaml: unknown key 'foo'; valid keys: box_thresh") as info:
+        load_config(path)
+    assert ": :" not in str(info.value)
+    path.write_text("MODEL:\n  ARCH: slowfast\nRESNET:\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: PySlowFast section RESNET must be a mapping of keys, got None"):
+        load_config(path)
 
 
 def test_float_accepts_integers(tmp_path):
