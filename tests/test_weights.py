@@ -366,3 +366,48 @@ def test_download_over_http_leaves_no_part_file(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class _EarlyCloseHandler(http.server.BaseHTTPRequestHandler):
+    """Announces ``Content-Length: 5000000`` but sends 100 kB of a zip header, then closes the connection."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5000000")
+        self.end_headers()
+        self.wfile.write(b"PK\x03\x04" + b"x" * 100_000)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_cut_short_by_the_server_is_not_cached(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EarlyCloseHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ckpt.pkl"
+        for _ in range(2):  # nothing is cached, so the second call downloads (and fails) again
+            with pytest.raises(WeightsError, match=re.escape(url) + ".*100004 of 5000000 bytes.*nothing was cached"):
+                download(url, directory=tmp_path / "cache")
+            assert list((tmp_path / "cache").iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_unreadable_cached_download_says_to_delete_it(monkeypatch, tmp_path, tiny_weights):
+    monkeypatch.setenv("AVA_PIPELINE_HOME", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "model.pyth"
+    cached.parent.mkdir()
+    torch.save({"model_state": tiny_weights}, cached)
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupt.*delete " + re.escape(str(cached))):
+        read_checkpoint(cached)
+    elsewhere = tmp_path / "model.pyth"
+    elsewhere.write_bytes(cached.read_bytes())
+    with pytest.raises(WeightsError, match="truncated or corrupt.*download it again") as info:
+        read_checkpoint(elsewhere)
+    assert "delete" not in str(info.value)

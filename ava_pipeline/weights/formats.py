@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ava_pipeline.errors import WeightsError
+from ava_pipeline.weights.download import cache_dir
 from ava_pipeline.weights.keymaps import (caffe2_to_pyslowfast, is_pytorchvideo_layout, pytorchvideo_to_pyslowfast,
                                           rename_keys)
 
@@ -89,6 +90,13 @@ def detect_format(path: Path) -> str:
                        "PyTorchVideo .pyth file")
 
 
+def _how_to_replace(path: Path) -> str:
+    """What to do about an unreadable ``path``: a file in the download cache must be deleted to be fetched again."""
+    if path.resolve().is_relative_to(cache_dir().resolve()):
+        return f"delete {path} (a cached download) so that the next run downloads it again"
+    return "download it again"
+
+
 def _read_torch(path: Path, file_format: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -98,7 +106,7 @@ def _read_torch(path: Path, file_format: str) -> Any:
                            "tools/convert_checkpoint.py") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise WeightsError(f"{path}: cannot read {file_format} checkpoint, the file looks truncated or corrupt "
-                           f"({type(exc).__name__}: {exc}); download it again") from exc
+                           f"({type(exc).__name__}: {exc}); {_how_to_replace(path)}") from exc
 
 
 def _read_caffe2(path: Path) -> dict:
@@ -110,7 +118,7 @@ def _read_caffe2(path: Path) -> dict:
                            "blobs and may try to run code") from exc
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
         raise WeightsError(f"{path}: cannot read pickle, the file looks truncated or corrupt "
-                           f"({type(exc).__name__}: {exc}); download it again") from exc
+                           f"({type(exc).__name__}: {exc}); {_how_to_replace(path)}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("blobs"), dict):
         raise WeightsError(f"{path}: a pickle without a 'blobs' dict is not a Caffe2 checkpoint; pass a PySlowFast "
                            ".pyth/.pkl, Caffe2 .pkl or PyTorchVideo .pyth file")
