@@ -541,7 +541,7 @@ def read_person_boxes(path: Union[str, Path], *, score_thresh: float = DEFAULT_S
         raise InputFormatError(f"{path}: box file not found; pass an AVA box CSV ({BOX_CSV_FORMAT})")
     # {video: {time: {coordinate texts: [x1, y1, x2, y2, score]}}}
     found: dict[str, dict[Fraction, dict[tuple, list]]] = {}
-    for line_number, row in csv_rows(path):
+    for line_number, row in csv_rows(path, encoding="utf-8-sig"):  # Excel's "CSV UTF-8" too
         fields = [value.strip() for value in row]
         if not any(fields):
             continue
@@ -562,7 +562,14 @@ def read_person_boxes(path: Union[str, Path], *, score_thresh: float = DEFAULT_S
             for video_id, times in found.items()}
 
 
+_SECONDS_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+|[0-9]+/[0-9]+)")
+"""A timestamp as a box CSV may spell it: a plain decimal (``902``, ``902.5``) or a fraction (``1805/2``); no
+exponent, which would let ``Fraction`` build a number of a hundred million digits."""
+
+
 def _parse_box_row(fields: list[str], where: str) -> tuple[str, Fraction, tuple, float]:
+    """(video id, exact time, the four coordinate texts, score) of one stripped CSV row; ``where`` is
+    ``file:line`` for the error messages."""
     if len(fields) not in (6, 7, 8):
         raise InputFormatError(f"{where}: expected 6 to 8 comma-separated fields ({BOX_CSV_FORMAT}), "
                                f"got {len(fields)}")
@@ -570,8 +577,10 @@ def _parse_box_row(fields: list[str], where: str) -> tuple[str, Fraction, tuple,
     if not video_id:
         raise InputFormatError(f"{where}: empty video id; the first field names the video by its file stem")
     try:
+        if not _SECONDS_TEXT.fullmatch(fields[1]):
+            raise ValueError(fields[1])
         time = Fraction(fields[1])
-    except ValueError:
+    except (ValueError, ZeroDivisionError):  # ZeroDivisionError: a fraction like 1/0
         raise InputFormatError(f"{where}: timestamp {fields[1]!r} is not a number of seconds") from None
     texts = tuple(fields[2:6])
     try:

@@ -243,6 +243,9 @@ def test_box_file_rows_are_thresholded_merged_and_kept_verbatim(tmp_path):
     ("vid,902,0.1,0.1,0.5,0.5,,0.9,extra", "got 9"),
     (",902,0.1,0.1,0.5,0.5,,0.9", "empty video id"),
     ("vid,09:02,0.1,0.1,0.5,0.5,,0.9", "timestamp '09:02' is not a number"),
+    ("vid,1/0,0.1,0.1,0.5,0.5,,0.9", "timestamp '1/0' is not a number of seconds"),
+    ("vid,1e100000000,0.1,0.1,0.5,0.5,,0.9", "timestamp '1e100000000' is not a number of seconds"),
+    ("vid,9.02e2,0.1,0.1,0.5,0.5,,0.9", "timestamp '9.02e2' is not a number of seconds"),
     ("vid,902,0.1,abc,0.5,0.5,,0.9", "not a number"),
     ("vid,902,12,30,250,300,,0.9", "not normalized to \\[0, 1\\] \\(pixel coordinates\\?\\)"),
     ("vid,902,0.5,0.1,0.2,0.5,,0.9", "x2 < x1 or y2 < y1"),
@@ -254,6 +257,25 @@ def test_malformed_box_row_is_an_error_with_file_and_line(tmp_path, bad_row, mes
     path = write(tmp_path, f"vid,902,0.1,0.1,0.5,0.5,,0.9\nvid,903,0.1,0.1,0.5,0.5,,0.1\n{bad_row}\n")
     with pytest.raises(InputFormatError, match=f"boxes.csv:3: .*{message}"):
         build_detector("precomputed", boxes_csv=path)
+
+
+def test_fraction_timestamps_are_read(tmp_path):
+    path = write(tmp_path, "vid,1805/2,0.1,0.1,0.5,0.5\nvid,-0.5,0.1,0.1,0.5,0.5\nvid,.25,0.1,0.1,0.5,0.5\n")
+    assert list(read_person_boxes(path)["vid"]) == [Fraction(1805, 2), Fraction(-1, 2), Fraction(1, 4)]
+
+
+@pytest.mark.parametrize("header", ["", "video_id,timestamp,x1,y1,x2,y2,action_id,score\n"])
+def test_box_file_with_a_byte_order_mark_reads_like_one_without(tmp_path, header):
+    text = header + GOOD_BOXES.split("\n", 1)[1]
+    plain = read_person_boxes(write(tmp_path, text), score_thresh=0.0)
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
+    with_bom = read_person_boxes(tmp_path / "excel.csv", score_thresh=0.0)
+    assert list(with_bom) == list(plain) == ["-5KQ66BBWC4", "other"]
+    for video, times in plain.items():
+        assert list(with_bom[video]) == list(times)
+        for time, persons in times.items():
+            assert with_bom[video][time].original == persons.original
+            np.testing.assert_array_equal(with_bom[video][time].scores, persons.scores)
 
 
 def test_box_file_that_is_not_text_is_an_error_naming_it(tmp_path):

@@ -6,7 +6,8 @@ The semantics are the official evaluator's (``EVAL_SPEC.md`` sections 1-2): no h
 keyframe key is built from the timestamp *string* (``"%s,%04d" % (video, int(ts))`` for the 2019 protocol,
 ``"%s,%.6f" % (video, Decimal(ts))`` for 2020). Unlike the official code, a malformed input is never a traceback:
 it is an :class:`~ava_pipeline.errors.InputFormatError` naming file and line, and input the official code silently
-accepts but that is suspicious is a :class:`InputFormatWarning`.
+accepts but that is suspicious is a :class:`InputFormatWarning` (for example a UTF-8 byte-order mark, Excel's "CSV
+UTF-8", which the official reader and this one keep in the first video id, so that row matches nothing).
 
 Files are parsed column-wise by pyarrow's multi-threaded CSV reader when every row is a plain 7- or 8-column row
 it converts (floats correctly rounded, as ``float()``); any other file, or a missing pyarrow, goes through the
@@ -107,10 +108,12 @@ def read_exclusions(path, *, key_function: KeyFunction = key_2019) -> frozenset:
 def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
     """Whitelisted columns of a file whose rows all have the first line's 7 or 8 fields, parsed by pyarrow's
     multi-threaded CSV reader one piece of the file at a time; None when the careful reader is needed (pyarrow
-    missing, a byte-order mark, blank lines, another column count, any value pyarrow or Python's ``int()`` / the
-    key function rejects). pyarrow's float64 conversion is correctly rounded, like ``float()``, and rejects every
-    string ``float()`` rejects (it also rejects a few that ``float()`` accepts, such as ``1_0``: those files take
-    the careful path). Quoting is the ``csv`` module's default dialect in both readers."""
+    missing, a byte-order mark at the start of a piece, which pyarrow would strip but the official reader keeps in
+    the video id, blank lines, another column count, any value pyarrow or Python's ``int()`` / the key function
+    rejects). pyarrow's float64 conversion is correctly rounded, like
+    ``float()``, and rejects every string ``float()`` rejects (it also rejects a few that ``float()`` accepts, such
+    as ``1_0``: those files take the careful path). Quoting is the ``csv`` module's default dialect in both
+    readers."""
     try:
         import pyarrow as pa
         import pyarrow.csv as arrow_csv
@@ -133,6 +136,8 @@ def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
                                                  quoted_strings_can_be_null=False))
 
     def parse(piece):
+        if piece[:len(_BOM)] == _BOM:  # pyarrow would strip it; the careful reader keeps it
+            raise ValueError("byte-order mark at the start of a piece")
         return len(piece), arrow_csv.read_csv(pa.BufferReader(piece), **options)
 
     try:
@@ -149,6 +154,7 @@ def _parse_with_arrow(path: Path, key_function: KeyFunction, whitelist):
 
 
 _COLUMN_NAMES = ("video", "time", "x1", "y1", "x2", "y2", "action", "score")
+_BOM = b"\xef\xbb\xbf"
 _PIECE_BYTES = 32 << 20
 _BLOCK_BYTES = 4 << 20
 """The file is read in pieces of whole lines of about ``_PIECE_BYTES`` (bounding memory); pyarrow parses the
@@ -206,12 +212,9 @@ def _last_line_end(piece, size):
 
 
 def _plain_width(path: Path):
-    """7 or 8: the field count of the first line when the file can go to pyarrow (no byte-order mark, which
-    pyarrow would strip but the official reader keeps in the video id); else None."""
+    """7 or 8: the field count of the first line when the file can go to pyarrow; else None."""
     with open(path, "rb") as handle:
         first = handle.readline()
-    if first.startswith(b"\xef\xbb\xbf"):
-        return None
     width = first.count(b",") + 1
     return width if width in (7, 8) else None
 
@@ -385,12 +388,18 @@ def _numpy_view(array, dtype):
 # ----------------------------------------------------------------------------------------------------------------
 # careful path
 
-def csv_rows(path: Path):
-    """(line number, row) for every row of a CSV file, with I/O and decoding errors as InputFormatError."""
+def csv_rows(path: Path, *, encoding: str = "utf-8"):
+    """(line number, row) for every row of a CSV file, with I/O and decoding errors as InputFormatError.
+    ``encoding`` ``"utf-8"`` keeps a byte-order mark in the first field, as the official reader does, and warns
+    (:class:`InputFormatWarning`); ``"utf-8-sig"`` skips it."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding=encoding) as handle:
             reader = csv.reader(handle)
             for row in reader:
+                if reader.line_num == 1 and row and row[0].startswith("\ufeff"):
+                    warnings.warn(f"{path}:1: the file starts with a UTF-8 byte-order mark (Excel's \"CSV UTF-8\"), "
+                                  f"which the official evaluator keeps in the first video id ({row[0]!r}), so that "
+                                  "row matches nothing; save the file as plain CSV", InputFormatWarning, stacklevel=2)
                 yield reader.line_num, row
     except FileNotFoundError:
         raise InputFormatError(f"{path}: no such file; pass the path of an AVA CSV file") from None
