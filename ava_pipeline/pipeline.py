@@ -465,6 +465,38 @@ class ActionDetector:
             yield item.result
 
 
+class KeptBeforeDamage:
+    """Iterate a video's results, ending quietly at a damage once keyframes were yielded.
+
+    A :class:`~ava_pipeline.video.VideoTruncatedError` (damaged or truncated file, keyframes past its end)
+    after at least one keyframe ends the iteration and is kept in :attr:`error`, so that the caller writes
+    the keyframes decoded before the damage and then reports the loss; before the first keyframe, and for
+    any other error, it propagates.
+    """
+
+    def __init__(self, results: Iterable[KeyframeResult]):
+        self._results = results
+        self.error: Optional[Exception] = None
+
+    def __iter__(self) -> Iterator[KeyframeResult]:
+        from .video import VideoTruncatedError
+
+        yielded = False
+        try:
+            for result in self._results:
+                yielded = True
+                yield result
+        except VideoTruncatedError as error:
+            if not yielded:
+                raise
+            self.error = error
+
+
+def damage_note(keyframes: int, output: str | Path) -> str:
+    """The end of a damaged video's error line: where its keyframes decoded before the damage were written."""
+    return f"the {keyframes} keyframe(s) before the damage are written to {output}"
+
+
 def _box_strings(persons) -> Optional[list[tuple[str, str, str, str]]]:
     """The box file's original coordinate text per box, when the detector read boxes from a file."""
     strings = getattr(persons, "original", None)

@@ -177,6 +177,27 @@ def test_an_output_path_taken_by_a_folder_fails_that_video_only(inputs, referenc
     assert csv_files(out) == expected and (out / "b.csv").is_dir()
 
 
+def test_damaged_video_keeps_its_keyframes_before_the_damage_and_is_retried(inputs, reference, tmp_path):
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    shutil.copy(inputs["movies"] / "a.mkv", movies / "a.mkv")
+    data = (inputs["movies"] / "b.mkv").read_bytes()
+    (movies / "b.mkv").write_bytes(data[:len(data) * 2 // 3] + bytes(range(256)) * 64)
+    out = tmp_path / "out"
+    summary = run_batch(find_videos([movies]), out, detector_settings=inputs["settings"], quiet=True)
+    assert (summary.done, summary.failed) == (1, 1)
+    entry = read_manifest(out)["videos"]["b"]
+    kept = [line.split(",")[1] for line in (out / "b.csv").read_text().splitlines()]
+    assert entry["status"] == "failed" and entry["output"] == "b.csv" and entry["keyframes"] >= 1
+    assert entry["output_sha256"] == file_sha256(out / "b.csv") and "3" not in kept
+    assert entry["error"].endswith(f"the {entry['keyframes']} keyframe(s) before the damage are written to "
+                                   f"{out / 'b.csv'}") and "were not produced" in entry["error"]
+    reference_rows = csv_files(reference[0])["b.csv"].decode().splitlines()
+    assert kept and (out / "b.csv").read_text().splitlines() == reference_rows[:len(kept)]
+    again = run_batch(find_videos([movies]), out, detector_settings=inputs["settings"], quiet=True)
+    assert (again.done, again.failed, again.skipped) == (0, 1, 1)
+
+
 def test_rerun_redoes_tampered_interrupted_and_leftover_outputs(inputs, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)

@@ -143,6 +143,23 @@ def test_corrupt_video_fails_with_one_line_naming_it(setup, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_damaged_video_keeps_the_keyframes_before_the_damage(setup, tmp_path, capsys):
+    movie = tmp_path / "movie.mkv"
+    write_lossless_video(movie, textured_frames(150))
+    data = movie.read_bytes()
+    movie.write_bytes(data[:len(data) * 2 // 3] + bytes(range(256)) * 64)
+    boxes = tmp_path / "boxes.csv"
+    write_boxes(boxes, [("movie", t, "0.1", "0.1", "0.9", "0.9", 0.9) for t in (1, 2, 3, 4)])
+    out = tmp_path / "movie.csv"
+    assert main([str(movie), *setup["model"], "--boxes", str(boxes), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"ava-detect: error: {movie}: ") and "were not produced" in err[0]
+    kept = sorted({int(line.split(",")[1]) for line in out.read_text().splitlines()})
+    assert kept and kept == list(range(1, len(kept) + 1)) and 4 not in kept
+    assert err[0].endswith(f"the {len(kept)} keyframe(s) before the damage are written to {out}")
+    assert "0 video(s) done, 1 failed" in err[-1]
+
+
 def test_debug_shows_the_exception(setup, tmp_path):
     broken = tmp_path / "walk.mkv"
     broken.write_bytes(b"not a video")

@@ -12,7 +12,8 @@
 
 Only the driver writes detection files and the manifest, so nothing races and both engines produce the
 same bytes. A video that fails (corrupt, unreadable, no boxes for it) is recorded as failed and printed on
-stderr as one line naming the file; the batch goes on. A worker that dies is replaced and its video retried
+stderr as one line naming the file; the batch goes on. A video damaged partway is failed too, but its file
+holds the keyframes decoded before the damage. A worker that dies is replaced and its video retried
 a bounded number of times. Interrupted runs leave ``running`` entries, which the next run redoes; leftover
 temporary files are removed when a run starts.
 """
@@ -215,6 +216,7 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], out_dir: Path,
                    output_format: str, min_score: Optional[float], dispatched_at: Optional[float]) -> dict:
     """Write a finished video's detection file (atomically) and return its manifest entry."""
+    from ..pipeline import damage_note
     from ..writers import write_video_outputs
 
     fingerprint = outcome.fingerprint
@@ -226,18 +228,22 @@ def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], 
              "started": utc_time(outcome.started), "finished": utc_time(outcome.finished),
              "timings": {"queued": round(max(0.0, outcome.started - dispatched_at), 3) if dispatched_at else None,
                          **{k: round(v, 3) for k, v in outcome.timings.items()}}}
-    if outcome.ok:
+    if outcome.ok or outcome.results:  # a damaged video keeps the keyframes decoded before the damage
         start = time.perf_counter()
         try:
             stats = write_video_outputs(outcome.results, output, output_format=output_format, min_score=min_score)
         except OSError as exc:
             entry.update(error=error_line(str(output), exc), error_type=type(exc).__name__)
         else:
-            entry.update(status=STATUS_DONE, output=output.relative_to(out_dir).as_posix(),
-                         output_sha256=file_sha256(output), keyframes=stats.keyframes, persons=stats.persons,
+            entry.update(output=output.relative_to(out_dir).as_posix(), output_sha256=file_sha256(output),
+                         keyframes=stats.keyframes, persons=stats.persons,
                          render=None if render is None else str(render))
+            if outcome.ok:
+                entry["status"] = STATUS_DONE
+            else:
+                entry["error"] = f"{outcome.error}; {damage_note(stats.keyframes, output)}"
         entry["timings"]["write"] = round(time.perf_counter() - start, 3)
-    if entry["status"] == STATUS_FAILED and output.is_file():
+    if entry["output"] is None and output.is_file():
         with contextlib.suppress(OSError):  # an older output no longer matches the manifest: remove it if we can
             output.unlink()
     return entry

@@ -42,7 +42,8 @@ class VideoOutcome:
     """What a worker returns for one task.
 
     ``results`` are the video's :class:`~ava_pipeline.pipeline.KeyframeResult` in time order with their
-    ``keyframe_image`` dropped (empty (0, 0, 3) uint8) to keep the message small; None when ``error`` is set.
+    ``keyframe_image`` dropped (empty (0, 0, 3) uint8) to keep the message small; when ``error`` is set, the
+    keyframes decoded before the damage of a damaged video, else None.
     ``error`` is one line naming the video file; ``timings`` seconds per stage (``process`` is the wall time
     in the worker); ``started`` / ``finished`` are Unix times; ``worker`` is ``host:pid``.
     """
@@ -143,29 +144,34 @@ class VideoProcessor:
         stages = StageTimings()
         start = time.perf_counter()
         try:
-            outcome.results = self._results(task, stages)
+            outcome.results, damage = self._results(task, stages)
         except Exception as exc:  # the video's own failure: recorded, not retried
             outcome.error, outcome.error_type = error_line(task.path, exc), type(exc).__name__
+        else:
+            if damage is not None:
+                outcome.error, outcome.error_type = error_line(task.path, damage), type(damage).__name__
         outcome.timings = {"process": time.perf_counter() - start,
                            **{k: stages.as_dict()[k] for k in ("decode", "detect", "preprocess", "action_model")}}
         outcome.finished = time.time()
         return outcome
 
-    def _results(self, task: VideoTask, stages) -> list:
+    def _results(self, task: VideoTask, stages) -> tuple[list, Optional[Exception]]:
+        """The video's results, and the damage that ended them early (None for a whole video)."""
+        from ..pipeline import KeptBeforeDamage
         from ..writers import RenderSink, render_paths
 
-        stream = self.detector.stream(task.path, self.keyframes, timings=stages)
+        stream = KeptBeforeDamage(self.detector.stream(task.path, self.keyframes, timings=stages))
         results = []
         if self.render_dir is None:
             for result in stream:
                 results.append(dataclasses.replace(result, keyframe_image=_NO_IMAGE))
-            return results
+            return results, stream.error
         mp4_path, png_dir = render_paths(self.render_dir, task.name)
         with RenderSink(task.path, mp4_path, png_dir) as renderer:
             for result in stream:
                 renderer.add(result)
                 results.append(dataclasses.replace(result, keyframe_image=_NO_IMAGE))
-        return results
+        return results, stream.error
 
 
 def read_ahead(path: str, limit_bytes: int = 256 << 20) -> threading.Thread:

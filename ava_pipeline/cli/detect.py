@@ -4,8 +4,9 @@ One video file in: ``--out`` is the output file (or an existing folder to put ``
 inputs or a folder (searched recursively): ``--out`` is a folder with one file per video, named after the
 video's path relative to its input folder, plus ``manifest.json`` (see :mod:`ava_pipeline.batch`).
 
-Exit status: 0 every video done, 1 some video failed (the others are written), 2 usage error (bad
-option, missing input, unusable model / weights / box file). Errors are one line; ``--debug`` shows the
+Exit status: 0 every video done, 1 some video failed (the others are written; a video damaged partway
+keeps the keyframes before the damage), 2 usage error (bad option, missing input, unusable model / weights /
+box file, an output path that is an input). Errors are one line; ``--debug`` shows the
 traceback.
 """
 from __future__ import annotations
@@ -268,7 +269,7 @@ def _error_line(path: Path, exc: BaseException) -> str:
 
 
 def _run_single(args, video: Path) -> int:
-    from ..pipeline import ActionDetector
+    from ..pipeline import ActionDetector, KeptBeforeDamage, damage_note
     from ..writers import write_video_outputs
 
     out = _single_output(args, video)
@@ -286,14 +287,18 @@ def _run_single(args, video: Path) -> int:
 
     started = time.perf_counter()
     stats, error = None, None
+    results = KeptBeforeDamage(detector.stream(video))
     try:
-        stats = write_video_outputs(detector.stream(video), out, output_format=args.output_format,
-                                    min_score=args.min_score, render_dir=args.render, render_name=video.stem,
-                                    video_path=video, on_keyframe=advance)
+        stats = write_video_outputs(results, out, output_format=args.output_format, min_score=args.min_score,
+                                    render_dir=args.render, render_name=video.stem, video_path=video,
+                                    on_keyframe=advance)
     except Exception as exc:  # the video failed: one line naming it, exit status 1
         if args.debug:
             raise
         error = _error_line(video, exc)
+    else:
+        if results.error is not None:
+            error = f"{_error_line(video, results.error)}; {damage_note(stats.keyframes, out)}"
     finally:
         if bar is not None:
             bar.close()
