@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import ConfigError, DependencyMissingError, InputFormatError, WeightsError
 from .evaluation.io import csv_rows
+from .video import parse_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -562,11 +563,6 @@ def read_person_boxes(path: Union[str, Path], *, score_thresh: float = DEFAULT_S
             for video_id, times in found.items()}
 
 
-_SECONDS_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+|[0-9]+/[0-9]+)")
-"""A timestamp as a box CSV may spell it: a plain decimal (``902``, ``902.5``) or a fraction (``1805/2``); no
-exponent, which would let ``Fraction`` build a number of a hundred million digits."""
-
-
 def _parse_box_row(fields: list[str], where: str) -> tuple[str, Fraction, tuple, float]:
     """(video id, exact time, the four coordinate texts, score) of one stripped CSV row; ``where`` is
     ``file:line`` for the error messages."""
@@ -577,10 +573,8 @@ def _parse_box_row(fields: list[str], where: str) -> tuple[str, Fraction, tuple,
     if not video_id:
         raise InputFormatError(f"{where}: empty video id; the first field names the video by its file stem")
     try:
-        if not _SECONDS_TEXT.fullmatch(fields[1]):
-            raise ValueError(fields[1])
-        time = Fraction(fields[1])
-    except (ValueError, ZeroDivisionError):  # ZeroDivisionError: a fraction like 1/0
+        time = parse_seconds(fields[1])
+    except ValueError:
         raise InputFormatError(f"{where}: timestamp {fields[1]!r} is not a number of seconds") from None
     texts = tuple(fields[2:6])
     try:

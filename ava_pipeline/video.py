@@ -557,6 +557,23 @@ def _codec_name(stream) -> str:
         return "unknown"
 
 
+SECONDS_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+|[0-9]+/[0-9]+)")
+"""How a time may be written in a keyframe spec or a box file: a plain decimal (``902``, ``902.5``) or a fraction
+(``1805/2``); no exponent, which would let ``Fraction`` build a number of a hundred million digits."""
+MAX_KEYFRAMES = 1_000_000
+"""Most keyframes a ``START:END:STEP`` spec may name (a day of video at 10 keyframes per second is 864,000)."""
+
+
+def parse_seconds(text: str) -> Fraction:
+    """The exact time written as ``text`` (see :data:`SECONDS_TEXT`); ValueError for anything else."""
+    if not SECONDS_TEXT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a number of seconds")
+    try:
+        return Fraction(text)
+    except ZeroDivisionError:
+        raise ValueError(f"{text!r} divides by zero") from None
+
+
 def keyframe_schedule(spec: Union[None, str, Sequence[Seconds]], duration_s: float) -> list:
     """Keyframe times (seconds from the video start, ascending, unique).
 
@@ -573,13 +590,16 @@ def keyframe_schedule(spec: Union[None, str, Sequence[Seconds]], duration_s: flo
         try:
             if len(parts) not in (2, 3):
                 raise ValueError
-            start, end = Fraction(parts[0]), Fraction(parts[1])
-            step = Fraction(parts[2]) if len(parts) == 3 else Fraction(1)
-        except (ValueError, ZeroDivisionError):
+            start, end = parse_seconds(parts[0]), parse_seconds(parts[1])
+            step = parse_seconds(parts[2]) if len(parts) == 3 else Fraction(1)
+        except ValueError:
             raise ValueError(f"keyframes {spec!r}: expected START:END[:STEP] in seconds, e.g. 902:1798") from None
         if step <= 0 or end < start or start < 0:
             raise ValueError(f"keyframes {spec!r}: need 0 <= START <= END and STEP > 0")
         count = math.floor((end - start) / step) + 1
+        if count > MAX_KEYFRAMES:
+            raise ValueError(f"keyframes {spec!r}: names {count} keyframes, more than {MAX_KEYFRAMES:,}; use a "
+                             "larger STEP or a shorter range")
         return [_plain_seconds(start + i * step) for i in range(count)]
     return sorted(set(spec), key=_as_fraction)
 

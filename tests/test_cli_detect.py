@@ -80,6 +80,9 @@ def test_render_writes_a_video_with_the_source_frame_count(setup, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["--box-thresh", "2"], "--box-thresh: 2 is outside [0, 1]"),
     (["--keyframes", "5:1"], "need 0 <= START <= END"),
+    (["--keyframes", "0:1e9"], "expected START:END[:STEP] in seconds"),
+    (["--keyframes", "1/0:2"], "expected START:END[:STEP] in seconds"),
+    (["--keyframes", "0:100000:1/100"], "names 10000001 keyframes, more than 1,000,000"),
     (["--device", "gpu"], "'gpu' is not a device"),
     (["--batch-size", "0"], "0 must be at least 1"),
     (["--detector", "torchvision"], "drop one of them"),
