@@ -502,7 +502,12 @@ class VideoReader:
         self._first = None
         rate = stream.guessed_rate
         decoded = 0
+        size = None if frame is None else (frame.width, frame.height)
         while frame is not None:
+            if (frame.width, frame.height) != size:  # clips and boxes need one frame size
+                raise _Damaged(self.path, f"the frame size changes from {size[0]}x{size[1]} to {frame.width}x"
+                                          f"{frame.height} after {self._time_s(previous)}; to use the whole video, "
+                                          f"scale it to one size first (ffmpeg -vf scale={size[0]}:{size[1]})")
             pts = frame.pts if frame.pts is not None else frame.dts
             if pts is None and rate:  # raw elementary streams carry no timestamps: time frames at the rate
                 pts = round(decoded / (rate * self._time_base))

@@ -434,3 +434,31 @@ def test_decode_error_midway_is_reported(tmp_path):
         list(iter_clips(path, [0, 1, 2, 3, 4], num_frames=8, sampling_rate=2))
     assert caught.value.produced and caught.value.lost
     assert caught.value.produced + caught.value.lost == [0, 1, 2, 3, 4]
+
+
+def _mpegts_segment(path, size, first_pts, count):
+    """An MPEG-2 transport stream of ``count`` grey frames of ``size`` (w, h) at 30 fps from ``first_pts``."""
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for pts in range(first_pts, first_pts + count):
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), pts % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 30)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def test_frame_size_change_ends_the_video_with_a_clear_reason(tmp_path):
+    """A broadcast-style stream whose resolution changes: the keyframes before the change are produced."""
+    first, second = tmp_path / "first.ts", tmp_path / "second.ts"
+    _mpegts_segment(first, (80, 60), 0, 60)
+    _mpegts_segment(second, (160, 90), 60, 60)
+    path = tmp_path / "joined.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())  # transport streams concatenate
+    clips = []
+    with pytest.raises(VideoTruncatedError, match="frame size changes from 80x60 to 160x90") as caught:
+        for clip in iter_clips(path, [1, 3], num_frames=8, sampling_rate=2):
+            clips.append(clip)
+    assert [clip.keyframe_s for clip in clips] == [1] and clips[0].frame_list[0].shape == (60, 80, 3)
+    assert (caught.value.produced, caught.value.lost) == ([1], [3])
+    assert "scale=80:60" in str(caught.value)
