@@ -247,6 +247,29 @@ def test_truncated_and_garbage_files_name_the_file(tmp_path, tiny_weights):
         read_checkpoint(tmp_path / "missing.pyth")
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+@pytest.mark.parametrize("spoil, message", [
+    (lambda sd: {**sd, 7: torch.zeros(1)}, "key\\(s\\) are not names \\(e.g. 7\\)"),
+    (lambda sd: {**sd, "head.projection.bias": sd["head.projection.bias"].to_sparse()}, "'head.projection.bias' is a "
+     "torch.sparse_coo"),
+    (lambda sd: {**sd, "head.projection.bias": sd["head.projection.bias"] * 1j}, "not dense real weights"),
+    (lambda sd: {**sd, "head.projection.bias": torch.full_like(sd["head.projection.bias"], float("nan"))},
+     "'head.projection.bias' holds NaN or infinite values"),
+])
+def test_unusable_state_dict_entries_name_the_file_and_entry(tmp_path, tiny_weights, spoil, message):
+    path = tmp_path / "spoiled.pyth"
+    torch.save({"model_state": spoil(dict(tiny_weights))}, path)
+    with pytest.raises(WeightsError, match=re.escape(str(path)) + ": .*" + message):
+        read_checkpoint(path)
+
+
+def test_caffe2_blob_names_must_be_names(tmp_path):
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {3: np.ones(2, np.float32)}}, protocol=2))
+    with pytest.raises(WeightsError, match="are not names"):
+        read_checkpoint(path)
+
+
 def test_pickle_without_blobs_is_not_caffe2(tmp_path):
     path = tmp_path / "other.pkl"
     path.write_bytes(pickle.dumps({"weights": [1, 2]}, protocol=2))

@@ -137,13 +137,27 @@ def _unwrap(obj: Any, path: Path) -> dict:
                        f"tensors; found {found}); is this a model checkpoint?")
 
 
+def _check_names(state: dict, path: Path) -> None:
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise WeightsError(f"{path}: {len(odd)} state-dict key(s) are not names (e.g. {odd[0]!r}); the file is not "
+                           "a model checkpoint")
+
+
 def _to_tensor(name: str, value: Any, path: Path) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
+    """``value`` as a dense real tensor with finite values, else ``WeightsError`` naming the entry."""
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise WeightsError(f"{path}: entry {name!r} is {type(value).__name__}, not a numeric array; the file is not "
-                       "a model checkpoint")
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise WeightsError(f"{path}: entry {name!r} is {type(value).__name__}, not a numeric array; the file is "
+                           "not a model checkpoint")
+    if value.layout != torch.strided or value.is_complex():
+        raise WeightsError(f"{path}: entry {name!r} is a {value.layout} {value.dtype} tensor, not dense real "
+                           "weights; the file is not a checkpoint of this model")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise WeightsError(f"{path}: entry {name!r} holds NaN or infinite values, so every score would be NaN; "
+                           "the checkpoint is corrupt (or from a diverged training run): use another file")
+    return value
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -152,10 +166,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     file_format = detect_format(path)
     if file_format == "pickle":
         blobs = _read_caffe2(path)
+        _check_names(blobs, path)
         state, dropped = rename_keys(blobs, caffe2_to_pyslowfast)
         layout, file_format = "caffe2", "caffe2"
     else:
         state = _unwrap(_read_torch(path, file_format), path)
+        _check_names(state, path)
         if is_pytorchvideo_layout(state):
             state, dropped = rename_keys(state, pytorchvideo_to_pyslowfast)
             layout = "pytorchvideo"
