@@ -121,6 +121,16 @@ def test_outputs_that_would_overwrite_an_input_are_refused(setup, tmp_path, caps
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_videos_sharing_a_stem_cannot_share_a_box_file(setup, tmp_path, capsys):
+    for season in ("s1", "s2"):
+        (tmp_path / "movies" / season).mkdir(parents=True)
+        (tmp_path / "movies" / season / "walk.mkv").write_bytes(setup["video"].read_bytes())
+    assert run(setup, "--out", str(tmp_path / "out"), video=tmp_path / "movies") == 2
+    err = capsys.readouterr().err
+    assert "share the video id 'walk'" in err and str(setup["boxes"]) in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_folder_under_a_file_is_a_usage_error(setup, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -229,8 +229,9 @@ def _writable_folder(option: str, folder: Path) -> None:
 
 
 def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], single: bool) -> None:
-    """Refuse a run that would overwrite one of its inputs, or whose output folders cannot be written;
-    checked before any model is built, so a mistyped option costs nothing and destroys nothing."""
+    """Refuse a run that would overwrite one of its inputs, whose videos would read each other's rows of a
+    box file, or whose output folders cannot be written; checked before any model is built, so a mistyped
+    option costs nothing and destroys nothing."""
     from ..writers import OUTPUT_SUFFIXES, render_paths
 
     inputs = [(f"the input video {path}", path) for path, _ in videos]
@@ -242,6 +243,13 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
     if args.render is not None:
         outputs += [("--render", render_paths(args.render, name)[0]) for name, _ in names]
     refuse_overwriting_inputs(outputs, inputs)
+    if args.boxes is not None:  # precomputed boxes are looked up by file stem
+        first_of_stem: dict[str, Path] = {}
+        for video, _ in videos:
+            other = first_of_stem.setdefault(video.stem, video)
+            if other != video:
+                raise UsageError(f"{other} and {video} share the video id {video.stem!r} that keys their rows in "
+                                 f"--boxes {args.boxes}; rename one or process them separately")
     if not single and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a file; several videos need an output folder")
     _writable_folder("--out", args.out.parent if single and not args.out.is_dir() else args.out)
