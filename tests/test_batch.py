@@ -306,6 +306,10 @@ def test_usage_errors_name_the_problem(inputs, tmp_path, monkeypatch):
     (broken / MANIFEST_NAME).write_text("{ not json")
     with pytest.raises(InputFormatError, match=f"{broken / MANIFEST_NAME}: cannot read the batch manifest"):
         run_batch(videos, broken, detector_settings=settings)
+    for text in ('[1, 2]', '{"schema": 1, "videos": {"a": "done"}}'):
+        (broken / MANIFEST_NAME).write_text(text)
+        with pytest.raises(InputFormatError, match=f"{broken / MANIFEST_NAME}: not a schema-1 ava-pipeline manifest"):
+            run_batch(videos, broken, detector_settings=settings)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(DependencyMissingError, match=r"pip install 'ava-pipeline\[ray\]'"):
         run_batch(videos, tmp_path / "o5", detector_settings=settings, engine="ray")

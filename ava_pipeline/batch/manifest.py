@@ -72,10 +72,12 @@ class Manifest:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputFormatError(f"{self.path}: cannot read the batch manifest ({exc}); move it away to "
                                    "start this output folder afresh") from exc
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("videos"), dict):
+        videos = data.get("videos") if isinstance(data, dict) else None
+        if (not isinstance(videos, dict) or data.get("schema") != SCHEMA
+                or not all(isinstance(entry, dict) for entry in videos.values())):
             raise InputFormatError(f"{self.path}: not a schema-{SCHEMA} ava-pipeline manifest; move it away or "
                                    "choose another --out folder")
-        self.videos = data["videos"]
+        self.videos = videos
         self._settings_table = dict(data.get("settings") or {})
 
     def is_done(self, name: str, output: Path, render: Optional[Path]) -> bool:
