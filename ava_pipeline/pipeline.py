@@ -224,6 +224,8 @@ class ActionDetector:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if box_thresh is not None and not 0.0 <= box_thresh <= 1.0:
             raise ConfigError(f"box_thresh must be in [0, 1], got {box_thresh}")
+        if keyframes is not None:
+            _keyframe_list(keyframes)
 
         import torch
 
@@ -307,11 +309,9 @@ class ActionDetector:
 
     def _schedule(self, path: Path, keyframes) -> Optional[list]:
         """Keyframe times for ``path``, or None for every whole second of the video (resolved while decoding)."""
-        from .video import keyframe_schedule
-
         keyframes = self.keyframes if keyframes is None else keyframes
         if keyframes is not None:
-            return list(keyframe_schedule(keyframes, 0.0))
+            return _keyframe_list(keyframes)
         if self.detector_backend == "precomputed":
             times = list(self.detector.timestamps_for(path.stem))
             if not times:
@@ -495,6 +495,19 @@ class KeptBeforeDamage:
 def damage_note(keyframes: int, output: str | Path) -> str:
     """The end of a damaged video's error line: where its keyframes decoded before the damage were written."""
     return f"the {keyframes} keyframe(s) before the damage are written to {output}"
+
+
+def _keyframe_list(keyframes) -> list:
+    """The times of a ``START:END[:STEP]`` spec or a sequence of seconds; ConfigError when it is neither."""
+    from .video import keyframe_schedule
+
+    try:
+        return list(keyframe_schedule(keyframes, 0.0))
+    except (TypeError, ValueError) as exc:
+        if str(exc).startswith("keyframes"):  # keyframe_schedule's own message about the spec
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"keyframes={keyframes!r}: {exc}; use a START:END[:STEP] spec in seconds or a list of "
+                          "seconds") from None
 
 
 def _box_strings(persons) -> Optional[list[tuple[str, str, str, str]]]:

@@ -192,6 +192,10 @@ def test_conflicting_arguments_fail_loudly(tiny, boxes_csv):
         ActionDetector(config=str(config), weights=str(weights), boxes=str(boxes_csv), detector="torchvision")
     with pytest.raises(ConfigError, match="needs a box CSV"):
         ActionDetector(config=str(config), weights=str(weights), detector="precomputed")
+    for keyframes, message in (("zz", "keyframes 'zz': expected START:END"),
+                               (["zz"], r"keyframes=\['zz'\]: .*or a list of seconds"), (5, "keyframes=5: ")):
+        with pytest.raises(ConfigError, match=message):
+            ActionDetector(config=str(config), weights=str(weights), boxes=str(boxes_csv), keyframes=keyframes)
 
 
 def test_video_missing_from_the_box_file_is_named(tiny, tmp_path, boxes_csv):
