@@ -121,3 +121,21 @@ def test_actor_plan_follows_the_cluster(cluster):
     assert [(s.num_cpus, s.threads) for s in plan_actors(ray, on_gpu=False, workers=2)] == [(1, 1), (1, 1)]
     with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
         plan_actors(ray, on_gpu=True, workers=None)
+
+
+def test_unreachable_cluster_address_fails_at_once():
+    import socket
+
+    from ava_pipeline.batch.ray_engine import _check_reachable
+    from ava_pipeline.errors import ConfigError
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        _check_reachable(f"127.0.0.1:{port}")
+        _check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at '127.0.0.1:{port}'.*ray start --head"):
+        _check_reachable(f"127.0.0.1:{port}")
+    _check_reachable(None)
+    _check_reachable("auto")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import socket
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -87,6 +88,20 @@ def plan_actors(ray, *, on_gpu: bool, workers: Optional[int]) -> list[_ActorSpec
     return specs
 
 
+def _check_reachable(address: Optional[str], timeout_s: float = 10.0) -> None:
+    """ConfigError when ``address`` (``host:port`` or ``ray://host:port``) refuses a TCP connection; Ray itself
+    would retry for minutes. Other forms (None, ``auto``) are left to Ray."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}); check that `ray "
+                          "start --head` ran there (`ray status`) and the port is open, or leave out --ray-address "
+                          "to start a local Ray") from None
+
+
 class RayEngine:
     """Runs tasks on Ray actors; connects to ``address`` (None: the Ray this process already joined, else
     a new local one with this machine's CPUs), and disconnects at the end if it connected."""
@@ -120,6 +135,7 @@ class RayEngine:
         ray = self.ray
         connected_here = not ray.is_initialized()
         if connected_here:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, log_to_driver=self.log_to_driver, include_dashboard=False,
                          configure_logging=False)
