@@ -1,6 +1,7 @@
 """Person detectors: the output contract, torchvision weight loading against torchvision's own COCO models,
 the AVA box-file reader on good and bad files, and the builder's errors."""
 import hashlib
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -105,7 +106,10 @@ def test_min_box_size_and_max_detections_reach_the_torchvision_detector(tmp_path
     torch.save({"model": random_torchvision_model(name).state_dict(), "epoch": 3}, weights)  # training checkpoint
     options = dict(model=name, weights=weights, score_thresh=0.01, input_min_size=64, input_max_size=96)
     image = keyframe_images()[:1]
-    everyone = build_detector("torchvision", **options).detect(image)[0]
+    image[0].flags.writeable = False  # as the decoder's keyframe images are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns once per process about tensors over read-only arrays
+        everyone = build_detector("torchvision", **options).detect(image)[0]
     assert len(everyone) > 3
     best_three = build_detector("torchvision", max_detections=3, **options).detect(image)[0]
     np.testing.assert_array_equal(best_three.boxes, everyone.boxes[:3])
