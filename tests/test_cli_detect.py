@@ -57,7 +57,7 @@ def test_min_score_prunes_and_jsonl_holds_one_object_per_keyframe(setup, tmp_pat
     kept = [float(line.rsplit(",", 1)[1]) for line in pruned.read_text().splitlines()]
     assert sorted(kept) == sorted(s for s in scores if s >= 0.5) and len(kept) < len(scores)
 
-    assert run(setup, "--out", str(jsonl), "--format", "jsonl", "--min-score", "0.5", "--quiet") == 0
+    assert run(setup, "--out", str(jsonl), "--min-score", "0.5", "--quiet") == 0  # jsonl by the suffix
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["time"] for r in records] == [1, 2] and [len(r["persons"]) for r in records] == [1, 2]
     assert (records[0]["width"], records[0]["height"], records[0]["pts_time"]) == (80, 60, 1.0)

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keyframes per action-model forward pass (default 8)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
-    parser.add_argument("--format", dest="output_format", choices=("csv", "jsonl"), default="csv",
-                        help="csv: AVA rows per box and action; jsonl: one object per keyframe")
+    parser.add_argument("--format", dest="output_format", choices=("csv", "jsonl"),
+                        help="csv: AVA rows per box and action; jsonl: one object per keyframe (default: jsonl "
+                        "for an --out file ending .jsonl, else csv)")
     parser.add_argument("--min-score", type=probability, metavar="F", help="omit actions scored below F")
     parser.add_argument("--render", type=Path, metavar="DIR",
                         help="also write an annotated mp4 per video and a PNG per keyframe into DIR")
@@ -333,6 +334,8 @@ def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command line; returns the exit status. Raises :class:`UsageError` (or another
     :class:`AvaPipelineError`) when nothing can be processed."""
+    if args.output_format is None:
+        args.output_format = "jsonl" if args.out.suffix.lower() == ".jsonl" else "csv"
     _check_usage(args)
     videos = find_videos(args.inputs, exclude=[p for p in (args.out, args.render) if p is not None])
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
