@@ -223,9 +223,18 @@ def test_torch_file_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pyth"
     torch.save({"model_state": {"x": torch.zeros(1)}, "hook": _Payload(marker)}, path)
-    with pytest.raises(WeightsError, match="refused"):
+    with pytest.raises(WeightsError, match=r"refused to load: .*\(unsupported global (posix|os)\.system\)") as info:
         read_checkpoint(path)
     assert not marker.exists()
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)  # never advise the unsafe load
+
+
+def test_truncated_caffe2_pickle_is_called_damaged_not_dangerous(tmp_path):
+    path = tmp_path / "short.pkl"
+    path.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.ones((4, 3), np.float32)}}, protocol=2)[:-20])
+    with pytest.raises(WeightsError, match="looks truncated or corrupt") as info:
+        read_checkpoint(path)
+    assert "run code" not in str(info.value)
 
 
 def test_truncated_and_garbage_files_name_the_file(tmp_path, tiny_weights):

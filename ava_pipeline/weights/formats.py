@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,10 @@ class Checkpoint:
     dropped_keys: tuple[str, ...]  # entries of the file that are not model weights (solver state, ...)
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a class outside the allowed ones (as code-running pickles do)."""
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays and builtin containers, and nothing else."""
 
@@ -65,7 +70,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and builtin "
+            raise _Refused(f"refusing to load {module}.{name}: only numpy arrays and builtin "
                                          "containers are allowed in a Caffe2 checkpoint")
         if module == "numpy.core.multiarray":
             module = "numpy._core.multiarray" if hasattr(np, "_core") else module
@@ -101,24 +106,39 @@ def _read_torch(path: Path, file_format: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = re.search(r"(?i)unsupported (global|operand)\W+(?:GLOBAL )?([\w.]+)", str(exc))
+        if refused is None:  # not a refusal: a damaged pickle
+            raise _unreadable(path, file_format, exc) from exc
         raise WeightsError(f"{path}: refused to load: the file contains objects other than tensors and plain "
-                           f"data ({exc}); only load files from a source you trust, and convert them with "
-                           "tools/convert_checkpoint.py") from exc
+                           f"data (unsupported {refused[1].lower()} {refused[2]}); only load files from a source "
+                           "you trust, and convert them with tools/convert_checkpoint.py") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WeightsError(f"{path}: cannot read {file_format} checkpoint, the file looks truncated or corrupt "
-                           f"({type(exc).__name__}: {exc}); {_how_to_replace(path)}") from exc
+        raise _unreadable(path, file_format, exc) from exc
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """torch.load's message on one line, without its advice to turn ``weights_only`` off (never the right
+    thing for a file that failed the safe load) or its documentation link."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and "weights_only" not in line and not line.startswith("Check the doc")]
+    return " ".join(kept) or type(exc).__name__
+
+
+def _unreadable(path: Path, file_format: str, exc: BaseException) -> WeightsError:
+    return WeightsError(f"{path}: cannot read {file_format} checkpoint, the file looks truncated or corrupt "
+                        f"({type(exc).__name__}: {_torch_reason(exc)}); {_how_to_replace(path)}")
 
 
 def _read_caffe2(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise WeightsError(f"{path}: refused to load this pickle: {exc}; it is not a Caffe2 checkpoint of numpy "
                            "blobs and may try to run code") from exc
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
-        raise WeightsError(f"{path}: cannot read pickle, the file looks truncated or corrupt "
-                           f"({type(exc).__name__}: {exc}); {_how_to_replace(path)}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as exc:
+        raise _unreadable(path, "pickle", exc) from exc
     if not isinstance(data, dict) or not isinstance(data.get("blobs"), dict):
         raise WeightsError(f"{path}: a pickle without a 'blobs' dict is not a Caffe2 checkpoint; pass a PySlowFast "
                            ".pyth/.pkl, Caffe2 .pkl or PyTorchVideo .pyth file")
