@@ -94,6 +94,15 @@ def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, arguments, m
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_a_multi_line_library_message_is_printed_on_one_line(setup, tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("model:\n  arch: [slowfast\n  depth: 50\n")  # YAML's parser reports on several lines
+    assert main([str(setup["video"]), "--out", str(tmp_path / "x.csv"), "--config", str(config), "--boxes",
+                 str(setup["boxes"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ava-detect: error: {config}: cannot read YAML")
+
+
 def test_missing_input_and_unknown_config_exit_2(setup, tmp_path, capsys):
     assert main([str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "x.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"ava-detect: error: {tmp_path / 'nope.mp4'}: no such file or folder"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from typing import Callable, Iterable
@@ -24,7 +25,7 @@ def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:
     except AvaPipelineError as exc:
         if debug:
             raise
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return USAGE_ERROR
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a readable line
         if debug:
@@ -33,6 +34,11 @@ def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno}); "
               f"rerun with --debug for the traceback and report it", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line, without terminal colour codes (some wrapped library errors carry both)."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
 
 
 def refuse_overwriting_inputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, object]]) -> None:
