@@ -58,6 +58,15 @@ def test_input_error_is_one_line_and_exit_2(inputs, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_folder_of_results_is_named_with_how_to_join_it(inputs, tmp_path, capsys):
+    gt, _, _ = inputs
+    results = tmp_path / "results"
+    results.mkdir()
+    assert main(["--gt", str(gt), "--det", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{results}: is a folder" in err and "-exec cat" in err
+
+
 def test_debug_shows_the_exception(inputs, tmp_path):
     gt, _, _ = inputs
     with pytest.raises(Exception, match="no such file"):

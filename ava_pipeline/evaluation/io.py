@@ -81,6 +81,9 @@ def read_ava_csv(path, *, key_function: KeyFunction = key_2019, whitelist: Itera
     unusable timestamp.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputFormatError(f"{path}: is a folder; pass one AVA CSV file (for the per-video files of an "
+                               f"ava-detect batch: find {path} -name '*.csv' -exec cat {{}} + > detections.csv)")
     if not path.is_file():
         raise InputFormatError(f"{path}: no such file; pass the path of an AVA CSV file")
     whitelist = None if whitelist is None else frozenset(int(a) for a in whitelist)
