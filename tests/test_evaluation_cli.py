@@ -67,6 +67,21 @@ def test_a_folder_of_results_is_named_with_how_to_join_it(inputs, tmp_path, caps
     assert err.count("\n") == 1 and f"{results}: is a folder" in err and "-exec cat" in err
 
 
+def test_inputs_that_cannot_give_a_meaningful_map_are_warned_about(inputs, tmp_path, capsys):
+    gt, det, _ = inputs
+    empty, elsewhere = tmp_path / "empty.csv", tmp_path / "elsewhere.csv"
+    empty.write_text("")
+    elsewhere.write_text(det.read_text().replace("v,", "other,"))
+    for args, warning in (([str(empty), str(det)], "no ground-truth box of the label map's classes"),
+                          ([str(gt), str(empty)], "no detection of the label map's classes"),
+                          ([str(gt), str(elsewhere)], "none of its keyframes is in the ground truth (e.g. "
+                                                      "'other,0902'"),
+                          ([str(gt), str(det)], None)):
+        assert main(["--gt", args[0], "--det", args[1]]) == 0
+        err = capsys.readouterr().err
+        assert (warning in err) if warning else err == ""
+
+
 def test_debug_shows_the_exception(inputs, tmp_path):
     gt, _, _ = inputs
     with pytest.raises(Exception, match="no such file"):

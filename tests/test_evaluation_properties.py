@@ -11,10 +11,14 @@ import math
 from collections import defaultdict
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ava_pipeline.evaluation import PROTOCOLS, evaluate, legacy_argsort
+
+# random inputs are often empty or disjoint: the warnings about that are tested in test_evaluation_cli.py
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no ground-truth box|no detection|none of its keyframes)")
 
 LABEL_IDS = (1, 2, 3, 5)
 LABELS = "".join(f'label {{\n  name: "c{i}"\n  label_id: {i}\n}}\n' for i in LABEL_IDS)

@@ -104,6 +104,7 @@ def evaluate(gt, det, labelmap="v2.2-eval", exclusions=None, protocol="activityn
                 det_rows = read_ava_csv(det, **read)
             finally:
                 gt_rows = gt_future.result()  # a ground-truth error is reported first
+        _warn_about_nothing_to_score(gt, det, gt_rows, det_rows)
         result = _evaluate_rows(gt_rows, det_rows, names, excluded, rules, tie_order)
     # ground-truth messages first, each file's in line order, whichever reader warned first
     messages = [str(w.message) for w in caught if issubclass(w.category, InputFormatWarning)]
@@ -112,6 +113,21 @@ def evaluate(gt, det, labelmap="v2.2-eval", exclusions=None, protocol="activityn
     for message in result.warnings:
         warnings.warn(message, InputFormatWarning, stacklevel=2)
     return result
+
+
+def _warn_about_nothing_to_score(gt, det, gt_rows: AvaRows, det_rows: AvaRows) -> None:
+    """Warn when the files cannot give a meaningful mAP: no ground truth or no detections of the label map's
+    classes, or detections on none of the ground truth's keyframes (video ids or timestamps written otherwise)."""
+    if not len(gt_rows):
+        warnings.warn(f"{gt}: no ground-truth box of the label map's classes, so every AP and the mAP are "
+                      "undefined (nan); check the file and --labelmap", InputFormatWarning, stacklevel=3)
+    elif not len(det_rows):
+        warnings.warn(f"{det}: no detection of the label map's classes, so every AP is 0; check the file and "
+                      "--labelmap", InputFormatWarning, stacklevel=3)
+    elif not set(det_rows.keys) & set(gt_rows.keys):
+        warnings.warn(f"{det}: none of its keyframes is in the ground truth (e.g. {det_rows.keys[0]!r} vs "
+                      f"{gt_rows.keys[0]!r}), so every AP is 0; check the video ids and timestamps",
+                      InputFormatWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
