@@ -81,11 +81,11 @@ def manifest_statuses(folder: Path) -> set:
     return {entry["status"] for entry in read_manifest(folder)["videos"].values()}
 
 
-def detect_subprocess(inputs: dict, out: Path, *extra: str) -> subprocess.Popen:
+def detect_subprocess(inputs: dict, out: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "ava_pipeline.cli.detect", str(inputs["movies"]), "--out",
                              str(out), *inputs["cli_model"], "--quiet", *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
 
 
 def kill_after_first_output(process: subprocess.Popen, out: Path, timeout_s: float = 120) -> None:
@@ -222,6 +222,21 @@ def test_killed_batch_resumes_with_identical_bytes(inputs, reference, tmp_path):
     summary = run_batch(find_videos([inputs["movies"]]), out, detector_settings=inputs["settings"], quiet=True)
     assert summary.done + summary.skipped == 4 and summary.skipped >= 1 and summary.failed == 2
     assert csv_files(out) == csv_files(reference[0])
+    assert not temporaries(out)
+
+
+def test_ctrl_c_stops_the_batch_with_one_line(inputs, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the driver reports, workers stay quiet."""
+    out = tmp_path / "out"
+    process = detect_subprocess(inputs, out, "--workers", "2", new_session=True)
+    deadline = time.monotonic() + 120
+    while "running" not in manifest_statuses(out):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+        time.sleep(0.02)
+    time.sleep(0.3)  # the workers are inside their videos
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    assert process.stderr.read().decode() == "ava-detect: interrupted\n"
     assert not temporaries(out)
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
 import time
 from typing import Iterator, Optional, Sequence
@@ -83,6 +84,7 @@ def _picklable(exc: BaseException) -> BaseException:
 
 def _worker_main(conn, work: DetectionWork, device: Optional[str], threads: int) -> None:
     """Body of a worker process: open the work, then answer tasks until ``None`` or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
     _exit_with_parent()
     try:
         processor = work.open(device=device, threads=threads)
