@@ -27,7 +27,8 @@ from ava_pipeline.pipeline import ActionDetector
 from ava_pipeline.writers import write_csv
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import textured_frames, write_boxes, write_lossless_video, write_tiny_model  # noqa: E402
+from test_pipeline import (  # noqa: E402
+    damaged_tail, textured_frames, write_boxes, write_lossless_video, write_tiny_model)
 
 REPO = Path(__file__).resolve().parent.parent
 VIDEO_FRAMES = {"a": 75, "b": 105, "season1/c": 60, "season1/d": 90}
@@ -181,8 +182,7 @@ def test_damaged_video_keeps_its_keyframes_before_the_damage_and_is_retried(inpu
     movies = tmp_path / "movies"
     movies.mkdir()
     shutil.copy(inputs["movies"] / "a.mkv", movies / "a.mkv")
-    data = (inputs["movies"] / "b.mkv").read_bytes()
-    (movies / "b.mkv").write_bytes(data[:len(data) * 2 // 3] + bytes(range(256)) * 64)
+    (movies / "b.mkv").write_bytes(damaged_tail((inputs["movies"] / "b.mkv").read_bytes()))
     out = tmp_path / "out"
     summary = run_batch(find_videos([movies]), out, detector_settings=inputs["settings"], quiet=True)
     assert (summary.done, summary.failed) == (1, 1)

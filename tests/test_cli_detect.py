@@ -9,7 +9,8 @@ import pytest
 from ava_pipeline.cli.detect import find_videos, main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import textured_frames, write_boxes, write_lossless_video, write_tiny_model  # noqa: E402
+from test_pipeline import (  # noqa: E402
+    textured_frames, write_boxes, write_damaged_movie, write_lossless_video, write_tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +167,7 @@ def test_corrupt_video_fails_with_one_line_naming_it(setup, tmp_path, capsys):
 
 
 def test_damaged_video_keeps_the_keyframes_before_the_damage(setup, tmp_path, capsys):
-    movie = tmp_path / "movie.mkv"
-    write_lossless_video(movie, textured_frames(150))
-    data = movie.read_bytes()
-    movie.write_bytes(data[:len(data) * 2 // 3] + bytes(range(256)) * 64)
-    boxes = tmp_path / "boxes.csv"
-    write_boxes(boxes, [("movie", t, "0.1", "0.1", "0.9", "0.9", 0.9) for t in (1, 2, 3, 4)])
+    movie, boxes = write_damaged_movie(tmp_path)
     out = tmp_path / "movie.csv"
     assert main([str(movie), *setup["model"], "--boxes", str(boxes), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()

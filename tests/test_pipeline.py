@@ -205,13 +205,22 @@ def test_video_missing_from_the_box_file_is_named(tiny, tmp_path, boxes_csv):
         list(make_detector(tiny, boxes_csv).stream(other))
 
 
-def test_corrupt_tail_yields_the_good_keyframes_then_fails(tiny, tmp_path):
-    path = tmp_path / "movie.mkv"
+def damaged_tail(data: bytes) -> bytes:
+    """A video file's bytes with the last third replaced by garbage: decoding fails partway."""
+    return data[:len(data) * 2 // 3] + bytes(range(256)) * 64
+
+
+def write_damaged_movie(folder: Path) -> tuple[Path, Path]:
+    """``movie.mkv`` (150 frames, damaged after about 3 s) and ``boxes.csv`` with a person at 1, 2, 3 and 4 s."""
+    path, boxes = folder / "movie.mkv", folder / "boxes.csv"
     write_lossless_video(path, textured_frames(150))
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) * 2 // 3] + bytes(range(256)) * 64)
-    boxes = tmp_path / "boxes.csv"
+    path.write_bytes(damaged_tail(path.read_bytes()))
     write_boxes(boxes, [("movie", t, "0.1", "0.1", "0.9", "0.9", 0.9) for t in (1, 2, 3, 4)])
+    return path, boxes
+
+
+def test_corrupt_tail_yields_the_good_keyframes_then_fails(tiny, tmp_path):
+    path, boxes = write_damaged_movie(tmp_path)
     seen = []
     with pytest.raises(VideoDecodeError, match="movie.mkv"):
         for result in make_detector(tiny, boxes).stream(path):
