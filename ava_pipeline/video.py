@@ -49,6 +49,7 @@ on its duration, so the number of copies of the very last frame may differ by on
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import re
@@ -630,8 +631,9 @@ def iter_clips(reader_or_path, keyframes: Optional[Sequence[Seconds]] = None, nu
 
     Raises :class:`~ava_pipeline.errors.VideoDecodeError` for a video shorter than one clip
     (``T*tau`` grid frames), and :class:`VideoTruncatedError` (a ``VideoDecodeError``) after the last clip
-    it could yield when decoding failed midway, the file ends well before its header says, or keyframes lie
-    past the end; its ``produced`` / ``lost`` say which keyframes were and were not yielded.
+    it could yield when keyframes are lost because decoding failed midway, the file ends well before its header
+    says, or they lie past the end; its ``produced`` / ``lost`` say which keyframes were and were not yielded.
+    Damage that costs none of the requested keyframes is logged as a warning.
     """
     if isinstance(reader_or_path, VideoReader):
         if _as_fraction(fps) != reader_or_path.grid_fps:
@@ -745,7 +747,10 @@ def _clip_stream(reader: VideoReader, keyframes, num_frames: int, sampling_rate:
             pending.extend((s, _center_index(s, fps)) for s in range(next_second, math.floor(declared_end) + 1))
         reason = f"decoding stopped early: {damage}"
     lost.extend(keyframe for keyframe, _ in pending)
-    if lost or damage is not None:
+    if not lost and damage is not None:  # every requested keyframe was produced: the damage costs nothing
+        logging.getLogger(__name__).warning("%s: %s; all %d requested keyframes were produced", reader.path,
+                                            reason, len(produced))
+    if lost:
         raise VideoTruncatedError(f"{reader.path}: {len(lost)} keyframes ({_seconds_list(lost)}) were not produced, "
                                   f"{len(produced)} were: {reason}. Re-encode or re-download the video, or drop "
                                   "those keyframes", produced, lost)

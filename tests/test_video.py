@@ -423,6 +423,16 @@ def test_damaged_tail_yields_keyframes_before_the_damage(tmp_path, good_mkv, dam
     assert str(path) in str(error) and "truncated" in str(error)
 
 
+def test_damage_after_every_requested_keyframe_is_only_a_warning(tmp_path, good_mkv, caplog):
+    path = tmp_path / "cut.mkv"
+    data = good_mkv.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="ava_pipeline.video"):
+        clips = list(iter_clips(path, [1], num_frames=8, sampling_rate=2))
+    assert [clip.keyframe_s for clip in clips] == [1]
+    assert str(path) in caplog.text and "all 1 requested keyframes were produced" in caplog.text
+
+
 def test_decode_error_midway_is_reported(tmp_path):
     path = tmp_path / "broken.mp4"
     write_index_video(path, 150, codec="libx264", size=(128, 96))
