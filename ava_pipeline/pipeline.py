@@ -493,8 +493,8 @@ class KeptBeforeDamage:
 
 
 def damage_note(keyframes: int, output: str | Path) -> str:
-    """The end of a damaged video's error line: where its keyframes decoded before the damage were written."""
-    return f"the {keyframes} keyframe(s) before the damage are written to {output}"
+    """The end of the error line of a video whose keyframes were only partly produced: where those went."""
+    return f"the {keyframes} keyframe(s) it could produce are written to {Path(output).absolute()}"
 
 
 def _keyframe_list(keyframes) -> list:

@@ -7,6 +7,7 @@ import av
 import pytest
 
 from ava_pipeline.cli.detect import find_videos, main
+from ava_pipeline.errors import VideoDecodeError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pipeline import (  # noqa: E402
@@ -68,6 +69,13 @@ def test_min_score_prunes_and_jsonl_holds_one_object_per_keyframe(setup, tmp_pat
     action_scores = [a["score"] for a in person["actions"]]
     assert action_scores == sorted(action_scores, reverse=True) and all(s >= 0.5 for s in action_scores)
     assert sum(len(p["actions"]) for r in records for p in r["persons"]) == len(kept)
+
+
+def test_a_batch_output_folder_named_jsonl_still_gets_csv_files(setup, tmp_path):
+    out = tmp_path / "results.jsonl"
+    assert main([str(setup["folder"]), *setup["model"], "--boxes", str(setup["boxes"]), "--out", str(out),
+                 "--quiet"]) == 0
+    assert (out / "walk.csv").is_file() and not list(out.glob("*.jsonl"))
 
 
 def test_render_writes_a_video_with_the_source_frame_count(setup, tmp_path):
@@ -174,8 +182,11 @@ def test_damaged_video_keeps_the_keyframes_before_the_damage(setup, tmp_path, ca
     assert err[0].startswith(f"ava-detect: error: {movie}: ") and "were not produced" in err[0]
     kept = sorted({int(line.split(",")[1]) for line in out.read_text().splitlines()})
     assert kept and kept == list(range(1, len(kept) + 1)) and 4 not in kept
-    assert err[0].endswith(f"the {len(kept)} keyframe(s) before the damage are written to {out}")
+    assert err[0].endswith(f"the {len(kept)} keyframe(s) it could produce are written to {out}")
     assert "0 video(s) done, 1 failed" in err[-1]
+    with pytest.raises(VideoDecodeError, match="were not produced"):  # --debug: the traceback, after writing
+        main([str(movie), *setup["model"], "--boxes", str(boxes), "--out", str(tmp_path / "debug.csv"), "--debug"])
+    assert (tmp_path / "debug.csv").read_text() == out.read_text()
 
 
 def test_debug_shows_the_exception(setup, tmp_path):

@@ -307,6 +307,8 @@ def _run_single(args, video: Path) -> int:
         error = _error_line(video, exc)
     else:
         if results.error is not None:
+            if args.debug:  # the keyframes it could produce are written; show where the rest were lost
+                raise results.error
             error = f"{_error_line(video, results.error)}; {damage_note(stats.keyframes, out)}"
     finally:
         if bar is not None:
@@ -334,11 +336,12 @@ def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command line; returns the exit status. Raises :class:`UsageError` (or another
     :class:`AvaPipelineError`) when nothing can be processed."""
-    if args.output_format is None:
-        args.output_format = "jsonl" if args.out.suffix.lower() == ".jsonl" else "csv"
     _check_usage(args)
     videos = find_videos(args.inputs, exclude=[p for p in (args.out, args.render) if p is not None])
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    if args.output_format is None:  # one video's output file named .jsonl gets JSONL; anything else CSV
+        jsonl = single and args.out.suffix.lower() == ".jsonl" and not args.out.is_dir()
+        args.output_format = "jsonl" if jsonl else "csv"
     _check_outputs(args, videos, single)
     if single:
         return _run_single(args, videos[0][0])
