@@ -218,8 +218,9 @@ class TorchvisionPersonDetector:
         if not images:
             return []
         with torch.inference_mode():
-            # torch.tensor copies: keyframe images may be read-only views of the decoder's frames
-            tensors = [torch.tensor(image, device=self.device).permute(2, 0, 1).float() / 255 for image in images]
+            # a copy: keyframe images may be read-only views of the decoder's frames, or BGR->RGB views
+            tensors = [torch.tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1).float() / 255
+                       for image in images]
             outputs = self.model(tensors)
         return [select_persons(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
                                person_label=self.person_label, image_size=(image.shape[1], image.shape[0]),

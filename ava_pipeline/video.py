@@ -549,6 +549,8 @@ def _center_index(keyframe_s: Seconds, fps: Fraction) -> int:
 def _as_fraction(value: Seconds) -> Fraction:
     if isinstance(value, float):
         return Fraction(value).limit_denominator(1_000_000)
+    if isinstance(value, str):
+        return parse_seconds(value)
     return Fraction(value)
 
 
@@ -571,7 +573,9 @@ MAX_KEYFRAMES = 1_000_000
 
 
 def parse_seconds(text: str) -> Fraction:
-    """The exact time written as ``text`` (see :data:`SECONDS_TEXT`); ValueError for anything else."""
+    """The exact time written as ``text`` (see :data:`SECONDS_TEXT`; surrounding spaces are ignored); ValueError
+    for anything else."""
+    text = text.strip()
     if not SECONDS_TEXT.fullmatch(text):
         raise ValueError(f"{text!r} is not a number of seconds")
     try:

@@ -111,6 +111,8 @@ def test_min_box_size_and_max_detections_reach_the_torchvision_detector(tmp_path
         warnings.simplefilter("error")  # torch warns once per process about tensors over read-only arrays
         everyone = build_detector("torchvision", **options).detect(image)[0]
     assert len(everyone) > 3
+    mirrored_bgr = build_detector("torchvision", **options).detect([image[0][:, :, ::-1]])[0]  # a negative stride
+    assert len(mirrored_bgr) > 0
     best_three = build_detector("torchvision", max_detections=3, **options).detect(image)[0]
     np.testing.assert_array_equal(best_three.boxes, everyone.boxes[:3])
     sides = np.minimum(everyone.boxes[:, 2] - everyone.boxes[:, 0], everyone.boxes[:, 3] - everyone.boxes[:, 1])

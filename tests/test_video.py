@@ -203,6 +203,7 @@ def test_keyframe_schedules():
     assert len(ava) == 897 and ava[0] == 902 and ava[-1] == 1798
     assert keyframe_schedule("0:10:2.5", 20) == [0, Fraction(5, 2), 5, Fraction(15, 2), 10]
     assert keyframe_schedule("1/2:2", 20) == [Fraction(1, 2), Fraction(3, 2)]
+    assert keyframe_schedule(" 902 : 904 ", 0) == [902, 903, 904]  # spaces as a shell may pass them
     assert keyframe_schedule(None, 3.5) == [0, 1, 2, 3]
     assert keyframe_schedule(None, 3.0) == [0, 1, 2]
     assert keyframe_schedule([5, 2, 2, Fraction(1, 2)], 9) == [Fraction(1, 2), 2, 5]
