@@ -112,9 +112,14 @@ def test_outputs_never_overwrite_inputs_and_a_bad_plot_type_is_one_line(inputs, 
     assert main(["persons", "--gt", str(gt), "--det", str(det), "--json", str(gt)]) == 2
     assert "which is the --gt file" in capsys.readouterr().err
     assert [path.read_bytes() for path in inputs] == before
+    same = str(tmp_path / "m.png")
+    assert main(["--gt", str(gt), "--det", str(det), "--json", same, "--plot", same]) == 2
+    assert f"--plot would write {same}, which is the --json file" in capsys.readouterr().err
     assert main(["--gt", str(gt), "--det", str(det), "--plot", str(tmp_path / "ap.xyz")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ap.xyz: cannot write the plot" in err and ".png" in err
+    captured = capsys.readouterr()
+    assert captured.out == "", "checked before evaluating"
+    assert captured.err.count("\n") == 1 and "ap.xyz: matplotlib cannot write .xyz files" in captured.err
+    assert not list(tmp_path.glob("m.png*")) and not list(tmp_path.glob("ap.*"))
 
 
 def test_importing_the_evaluator_does_not_import_torch():

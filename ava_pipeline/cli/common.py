@@ -38,7 +38,8 @@ def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:
 
 def one_line(message: str) -> str:
     """``message`` on one line, without terminal colour codes (some wrapped library errors carry both)."""
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", message).split())
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", message).splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
 
 
 def refuse_overwriting_inputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, object]]) -> None:

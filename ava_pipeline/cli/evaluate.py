@@ -22,7 +22,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import InputFormatError
+from ..errors import ConfigError, InputFormatError
 from .common import refuse_overwriting_inputs, run_cli
 
 PROG = "ava-eval"
@@ -78,15 +78,27 @@ def main(argv=None) -> int:
     return run_cli(lambda: _frame_map(args), PROG, args.debug)
 
 
-def _refuse_overwriting_inputs(args, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
-    refuse_overwriting_inputs([(f"--{name}", getattr(args, name)) for name in outputs if getattr(args, name)],
-                              [(f"the --{name} file", getattr(args, name)) for name in inputs if getattr(args, name)])
+def _check_outputs(args, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
+    """Before evaluating: refuse output options that name an input file or each other, and a ``--plot`` file
+    type matplotlib cannot write."""
+    given = [name for name in outputs if getattr(args, name)]
+    for index, name in enumerate(given):
+        earlier = [(f"the --{other} file", getattr(args, other)) for other in given[:index]]
+        refuse_overwriting_inputs([(f"--{name}", getattr(args, name))], earlier + [
+            (f"the --{other} file", getattr(args, other)) for other in inputs if getattr(args, other)])
+    if "plot" in given and Path(args.plot).suffix:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        types = FigureCanvasAgg.get_supported_filetypes()
+        if Path(args.plot).suffix[1:].lower() not in types:
+            raise ConfigError(f"--plot {args.plot}: matplotlib cannot write {Path(args.plot).suffix} files; use a "
+                              f".png, .pdf or .svg path (or any of {', '.join(sorted(types))})")
 
 
 def _frame_map(args) -> int:
     from ..evaluation import evaluate
 
-    _refuse_overwriting_inputs(args, ("json", "plot"), ("gt", "det", "labelmap", "exclusions"))
+    _check_outputs(args, ("json", "plot"), ("gt", "det", "labelmap", "exclusions"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = evaluate(args.gt, args.det, args.labelmap, exclusions=args.exclusions, protocol=args.protocol,
@@ -130,7 +142,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 def _persons(args) -> int:
     from ..evaluation.persons import person_detection_ap
 
-    _refuse_overwriting_inputs(args, ("json",), ("gt", "det"))
+    _check_outputs(args, ("json",), ("gt", "det"))
     metrics = person_detection_ap(args.gt, args.det)
     print(f"person boxes: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  "
           f"({metrics['images']} keyframes, {metrics['gt_boxes']} ground-truth boxes, "
@@ -172,8 +184,8 @@ def plot_per_class(result, path) -> None:
     figure.tight_layout()
     try:
         figure.savefig(path, dpi=100)
-    except (OSError, ValueError) as exc:  # ValueError: a file type matplotlib cannot write
-        raise InputFormatError(f"{path}: cannot write the plot ({exc}); use a .png, .pdf or .svg path") from None
+    except OSError as exc:
+        raise InputFormatError(f"{path}: cannot write the plot ({exc})") from None
     finally:
         plt.close(figure)
 

@@ -83,7 +83,8 @@ def read_ava_csv(path, *, key_function: KeyFunction = key_2019, whitelist: Itera
     path = Path(path)
     if path.is_dir():
         raise InputFormatError(f"{path}: is a folder; pass one AVA CSV file (for the per-video files of an "
-                               f"ava-detect batch: find {path} -name '*.csv' -exec cat {{}} + > detections.csv)")
+                               f"ava-detect batch: find {path} -name '*.csv' ! -name '.*' -exec cat {{}} + > "
+                               "detections.csv; the files of videos its manifest lists as failed are partial)")
     if not path.is_file():
         raise InputFormatError(f"{path}: no such file; pass the path of an AVA CSV file")
     whitelist = None if whitelist is None else frozenset(int(a) for a in whitelist)
