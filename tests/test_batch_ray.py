@@ -123,7 +123,7 @@ def test_actor_plan_follows_the_cluster(cluster):
         plan_actors(ray, on_gpu=True, workers=None)
 
 
-def test_unreachable_cluster_address_fails_at_once():
+def test_unreachable_cluster_address_fails_at_once(inputs, tmp_path):
     import socket
 
     from ava_pipeline.batch.ray_engine import _check_reachable
@@ -139,3 +139,6 @@ def test_unreachable_cluster_address_fails_at_once():
         _check_reachable(f"127.0.0.1:{port}")
     _check_reachable(None)
     _check_reachable("auto")
+    process = detect_subprocess(inputs, tmp_path / "out", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+    assert process.wait(timeout=120) == 2, "ava-detect checks the address before Ray retries it for minutes"
+    assert f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in process.stderr.read().decode()
