@@ -115,10 +115,11 @@ def test_a_multi_line_library_message_is_printed_on_one_line(setup, tmp_path, ca
 def test_missing_input_and_unknown_config_exit_2(setup, tmp_path, capsys):
     assert main([str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "x.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"ava-detect: error: {tmp_path / 'nope.mp4'}: no such file or folder"
-    assert main([str(setup["video"]), "--out", str(tmp_path / "x.csv"), "--config", "NO_SUCH_MODEL",
+    assert main([str(setup["video"]), "--out", str(tmp_path / "new" / "x.csv"), "--config", "NO_SUCH_MODEL",
                  "--boxes", str(setup["boxes"])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NO_SUCH_MODEL" in err[0]
+    assert not (tmp_path / "new").exists(), "a run that fails before writing creates no folder"
 
 
 def test_outputs_that_would_overwrite_an_input_are_refused(setup, tmp_path, capsys):

@@ -219,14 +219,16 @@ def _single_output(args: argparse.Namespace, video: Path) -> Path:
 
 
 def _writable_folder(option: str, folder: Path) -> None:
-    """Create ``folder`` (and parents) or raise :class:`UsageError` saying why ``option`` cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{option}: cannot create the folder {folder} ({exc.strerror or exc}); choose a path in a "
-                         "folder you can write to") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{option}: the folder {folder} is not writable; choose a folder you can write to")
+    """Raise :class:`UsageError` unless ``folder`` is, or can be created as, a writable folder (its nearest
+    existing ancestor is a writable folder); nothing is created here."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: cannot create the folder {folder} ({existing} is a file); choose a path in a "
+                         "folder you can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: the folder {existing} is not writable; choose a folder you can write to")
 
 
 def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], single: bool) -> None:
