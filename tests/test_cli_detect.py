@@ -138,6 +138,10 @@ def test_outputs_that_would_overwrite_an_input_are_refused(setup, tmp_path, caps
                  "--render", str(tmp_path)]) == 2
     assert f"which is the input video {video}" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in before} == before
+    renders = tmp_path / "renders"
+    assert main([str(video), *setup["model"], "--boxes", str(boxes), "--out", str(renders / "walk.mp4"),
+                 "--render", str(renders)]) == 2  # the CSV and the rendering would share one file
+    assert f"--render would write {renders / 'walk.mp4'}, which is the --out file" in capsys.readouterr().err
 
 
 def test_videos_sharing_a_stem_cannot_share_a_box_file(setup, tmp_path, capsys):

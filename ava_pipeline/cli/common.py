@@ -44,11 +44,14 @@ def one_line(message: str) -> str:
 
 def refuse_overwriting_inputs(outputs: Iterable[tuple[str, object]], inputs: Iterable[tuple[str, object]]) -> None:
     """Raise :class:`ConfigError` when an output ``(option, path)`` is one of the ``(description, path)``
-    inputs (compared after resolving links and ``..``), so that a mistyped option never destroys an input."""
+    inputs or an earlier output (compared after resolving links and ``..``), so that a mistyped option never
+    destroys an input and two outputs never overwrite each other."""
     known: dict[str, str] = {}
     for description, path in inputs:
         known.setdefault(os.path.realpath(path), description)
     for option, output in outputs:
-        overwritten = known.get(os.path.realpath(output))
+        resolved = os.path.realpath(output)
+        overwritten = known.get(resolved)
         if overwritten is not None:
             raise ConfigError(f"{option} would write {output}, which is {overwritten}; choose another {option} path")
+        known[resolved] = f"the {option} file"

@@ -81,12 +81,9 @@ def main(argv=None) -> int:
 def _check_outputs(args, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
     """Before evaluating: refuse output options that name an input file or each other, and a ``--plot`` file
     type matplotlib cannot write."""
-    given = [name for name in outputs if getattr(args, name)]
-    for index, name in enumerate(given):
-        earlier = [(f"the --{other} file", getattr(args, other)) for other in given[:index]]
-        refuse_overwriting_inputs([(f"--{name}", getattr(args, name))], earlier + [
-            (f"the --{other} file", getattr(args, other)) for other in inputs if getattr(args, other)])
-    if "plot" in given and Path(args.plot).suffix:
+    refuse_overwriting_inputs([(f"--{name}", getattr(args, name)) for name in outputs if getattr(args, name)],
+                              [(f"the --{name} file", getattr(args, name)) for name in inputs if getattr(args, name)])
+    if "plot" in outputs and args.plot and Path(args.plot).suffix:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         types = FigureCanvasAgg.get_supported_filetypes()
