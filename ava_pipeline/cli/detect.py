@@ -273,10 +273,9 @@ def _summary_line(done: int, failed: int, skipped: int, keyframes: int, persons:
 
 def _error_line(path: Path, exc: BaseException) -> str:
     """``ava-detect: error: <message>`` on one line, naming ``path`` when the message does not."""
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    if str(path) in message:
-        return f"{PROG}: error: {message}"
-    return f"{PROG}: error: {path}: {type(exc).__name__}: {message}"
+    from ..batch.work import error_line
+
+    return f"{PROG}: error: {error_line(str(path), exc)}"
 
 
 def _run_single(args, video: Path) -> int:
