@@ -8,11 +8,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ava_pipeline.checksums import file_sha256
 from ava_pipeline.config import ActionModelConfig, load_config
 from ava_pipeline.errors import WeightsError
 from ava_pipeline.models import build_action_model
-from ava_pipeline.weights import (ZOO, ZooModel, download, load_state_dict_into, read_checkpoint,
-                                  sha256_of)
+from ava_pipeline.weights import ZOO, ZooModel, download, load_state_dict_into, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def _zoo_file(record: ZooModel) -> Path:
     path = download(record.url, record.sha256)
     if record.sha256 is None:
         log.warning("%s: no sha256 is recorded for zoo model %s yet; the file is checked only by its format and "
-                    "its keys and shapes (sha256 %s)", path, record.name, sha256_of(path))
+                    "its keys and shapes (sha256 %s)", path, record.name, file_sha256(path))
     return path
 
 
@@ -73,7 +73,7 @@ def load_action_model(config: str | Path, weights: Optional[str | Path] = None, 
     model = build_action_model(cfg.model)
     load_state_dict_into(model, checkpoint.state_dict, strict=strict, source=str(path))
     model.config = cfg
-    model.weights_sha256 = sha256_of(path)
+    model.weights_sha256 = file_sha256(path)
     return model.to(device).eval()
 
 

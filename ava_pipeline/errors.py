@@ -27,3 +27,7 @@ class InputFormatError(AvaPipelineError):
 
 class DependencyMissingError(AvaPipelineError):
     """An optional dependency (detectron2, ray, ...) is needed but not installed."""
+
+
+class InputFormatWarning(UserWarning):
+    """Input the official evaluator accepts silently but that is probably a mistake (message names file:line)."""

@@ -16,7 +16,6 @@ while the detector runs, and unused when it finds nobody.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import queue
 import threading
@@ -269,6 +268,7 @@ class ActionDetector:
         change the detections (beyond float noise).
         """
         from . import __version__
+        from .checksums import text_sha256
         from .config import dump_config
         from .video import decoder_version
 
@@ -276,7 +276,7 @@ class ActionDetector:
         return {
             "ava_pipeline": __version__,
             "model": self.config.name,
-            "config_sha256": hashlib.sha256(dump_config(replace(self.config, weights=None)).encode()).hexdigest(),
+            "config_sha256": text_sha256(dump_config(replace(self.config, weights=None))),
             "weights_sha256": getattr(self.model, "weights_sha256", None),
             "detector": self.detector.fingerprint(),
             "decoder": decoder_version(),

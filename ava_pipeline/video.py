@@ -63,6 +63,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from .ava_csv import Seconds, exact_seconds, parse_seconds, plain_seconds
 from .errors import VideoDecodeError
 
 AV_TIME_BASE = 1_000_000  # FFmpeg's microsecond unit of container start times and durations
@@ -70,7 +71,6 @@ AV_TIME_BASE = 1_000_000  # FFmpeg's microsecond unit of container start times a
 # to convert, ~0.6 ms of CPU to decode); counted from the CPUs this process may use, as FFmpeg's decoder does.
 _USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
 _CONVERTER_THREADS = max(1, min(4, _USABLE_CPUS // 2))
-Seconds = Union[Fraction, int, float, str]
 
 
 def decoder_version() -> str:
@@ -380,7 +380,7 @@ class VideoReader:
 
     def __init__(self, path, fps: Seconds = 30, ring_frames: Optional[int] = None):
         self.path = Path(path)
-        self.grid_fps = _as_fraction(fps)
+        self.grid_fps = exact_seconds(fps)
         if self.grid_fps <= 0:
             raise ValueError(f"fps must be positive, got {fps!r}")
         self.ring_frames = ring_frames
@@ -543,15 +543,7 @@ class VideoReader:
 
 def _center_index(keyframe_s: Seconds, fps: Fraction) -> int:
     """Grid index of a keyframe: ``t * fps`` rounded to nearest, halves up."""
-    return math.floor(_as_fraction(keyframe_s) * fps + Fraction(1, 2))
-
-
-def _as_fraction(value: Seconds) -> Fraction:
-    if isinstance(value, float):
-        return Fraction(value).limit_denominator(1_000_000)
-    if isinstance(value, str):
-        return parse_seconds(value)
-    return Fraction(value)
+    return math.floor(exact_seconds(keyframe_s) * fps + Fraction(1, 2))
 
 
 def _describe(error) -> str:
@@ -565,23 +557,8 @@ def _codec_name(stream) -> str:
         return "unknown"
 
 
-SECONDS_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+|[0-9]+/[0-9]+)")
-"""How a time may be written in a keyframe spec or a box file: a plain decimal (``902``, ``902.5``) or a fraction
-(``1805/2``); no exponent, which would let ``Fraction`` build a number of a hundred million digits."""
 MAX_KEYFRAMES = 1_000_000
 """Most keyframes a ``START:END:STEP`` spec may name (a day of video at 10 keyframes per second is 864,000)."""
-
-
-def parse_seconds(text: str) -> Fraction:
-    """The exact time written as ``text`` (see :data:`SECONDS_TEXT`; surrounding spaces are ignored); ValueError
-    for anything else."""
-    text = text.strip()
-    if not SECONDS_TEXT.fullmatch(text):
-        raise ValueError(f"{text!r} is not a number of seconds")
-    try:
-        return Fraction(text)
-    except ZeroDivisionError:
-        raise ValueError(f"{text!r} divides by zero") from None
 
 
 def keyframe_schedule(spec: Union[None, str, Sequence[Seconds]], duration_s: float) -> list:
@@ -610,18 +587,14 @@ def keyframe_schedule(spec: Union[None, str, Sequence[Seconds]], duration_s: flo
         if count > MAX_KEYFRAMES:
             raise ValueError(f"keyframes {spec!r}: names {count} keyframes, more than {MAX_KEYFRAMES:,}; use a "
                              "larger STEP or a shorter range")
-        return [_plain_seconds(start + i * step) for i in range(count)]
-    return sorted(set(spec), key=_as_fraction)
+        return [plain_seconds(start + i * step) for i in range(count)]
+    return sorted(set(spec), key=exact_seconds)
 
 
 def keyframes_from_boxes(rows) -> list:
     """Unique keyframe times of box-file rows ``(video_id, timestamp, ...)`` or plain timestamps, ascending."""
     times = [row[1] if isinstance(row, (tuple, list)) else row for row in rows]
-    return keyframe_schedule([_plain_seconds(_as_fraction(t)) for t in times], 0.0)
-
-
-def _plain_seconds(value: Fraction) -> Seconds:
-    return int(value) if value.denominator == 1 else value
+    return keyframe_schedule([plain_seconds(exact_seconds(t)) for t in times], 0.0)
 
 
 def iter_clips(reader_or_path, keyframes: Optional[Sequence[Seconds]] = None, num_frames: int = 32,
@@ -640,7 +613,7 @@ def iter_clips(reader_or_path, keyframes: Optional[Sequence[Seconds]] = None, nu
     Damage that costs none of the requested keyframes is logged as a warning.
     """
     if isinstance(reader_or_path, VideoReader):
-        if _as_fraction(fps) != reader_or_path.grid_fps:
+        if exact_seconds(fps) != reader_or_path.grid_fps:
             raise ValueError(f"fps={fps} differs from the reader's grid fps {reader_or_path.grid_fps}")
         yield from _clips(reader_or_path, keyframes, num_frames, sampling_rate)
         return

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .ava_csv import format_seconds, seconds_value
 from .errors import VideoDecodeError
 from .labels import AVA_ACTIONS, action_id_of_column
 
@@ -67,20 +68,6 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 # -------------------------------------------------------------------------------------------- formatting
 
-def format_timestamp(seconds) -> str:
-    """``902`` for whole seconds (int, float or Fraction), else up to 6 decimals (``902.5``)."""
-    value = Fraction(seconds)
-    if value.denominator == 1:
-        return str(value.numerator)
-    return f"{float(value):.6f}".rstrip("0").rstrip(".")
-
-
-def timestamp_value(seconds) -> int | float:
-    """The timestamp as a Python number: int for whole seconds, else float."""
-    value = Fraction(seconds)
-    return value.numerator if value.denominator == 1 else float(value)
-
-
 def format_coordinate(value) -> str:
     """Shortest decimal text that reads back to the same float32 (``0.25``, ``1``, ``0.12345679``)."""
     return np.format_float_positional(np.float32(value), unique=True, trim="-")
@@ -104,7 +91,7 @@ def _kept_columns(scores: np.ndarray, min_score: Optional[float]) -> np.ndarray:
 
 def detection_rows(result: "KeyframeResult", min_score: Optional[float] = None) -> Iterator[list[str]]:
     """CSV rows of one keyframe: per person box and action (all 80 unless below ``min_score``)."""
-    timestamp = format_timestamp(result.timestamp)
+    timestamp = format_seconds(result.timestamp)
     for texts, scores in zip(box_texts(result), result.probs):
         for column in _kept_columns(scores, min_score):
             yield [result.video_id, timestamp, *texts, str(action_id_of_column(int(column))),
@@ -131,7 +118,7 @@ def detections_dataframe(results: Iterable["KeyframeResult"], *,
 
     columns: dict[str, list] = {name: [] for name in DETECTION_COLUMNS}
     for result in results:
-        timestamp = timestamp_value(result.timestamp)
+        timestamp = seconds_value(result.timestamp)
         for texts, scores in zip(box_texts(result), result.probs):
             kept = _kept_columns(scores, min_score)
             count = len(kept)
@@ -168,7 +155,7 @@ def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = No
                     "score": round(float(scores[c]), 6)} for c in ordered]
         persons.append({"box": normalized, "box_px": pixels, "detector_score": round(float(box_score), 6),
                         "actions": actions})
-    return {"video_id": result.video_id, "time": timestamp_value(result.timestamp), "pts": result.pts,
+    return {"video_id": result.video_id, "time": seconds_value(result.timestamp), "pts": result.pts,
             "pts_time": round(float(result.pts_time), 6), "width": width, "height": height, "persons": persons}
 
 
@@ -320,7 +307,7 @@ def draw_annotation(image: np.ndarray, boxes: np.ndarray, captions: Sequence[Seq
 
 def keyframe_png_name(video_id: str, timestamp) -> str:
     """``<video_id>_<seconds>.png`` with the whole seconds zero-padded to 5 digits, so names sort by time."""
-    text = format_timestamp(timestamp)
+    text = format_seconds(timestamp)
     whole, _, fraction = text.partition(".")
     return f"{video_id}_{int(whole):05d}{'.' + fraction if fraction else ''}.png"
 

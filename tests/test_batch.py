@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from ava_pipeline.batch import LOCK_NAME, run_batch
-from ava_pipeline.batch.manifest import MANIFEST_NAME, Manifest, file_sha256
+from ava_pipeline.batch.manifest import MANIFEST_NAME, Manifest
+from ava_pipeline.checksums import file_sha256
 from ava_pipeline.batch.work import DetectionWork, VideoProcessor
 from ava_pipeline.cli.detect import find_videos, main
 from ava_pipeline.errors import ConfigError, DependencyMissingError, InputFormatError

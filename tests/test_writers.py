@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from ava_pipeline.ava_csv import format_seconds
 from ava_pipeline.pipeline import KeyframeResult
 from ava_pipeline.writers import (
-    DETECTION_COLUMNS, atomic_output, detections_dataframe, draw_annotation, format_coordinate, format_timestamp,
+    DETECTION_COLUMNS, atomic_output, detections_dataframe, draw_annotation, format_coordinate,
     keyframe_png_name, render_video, short_action_name, write_csv, write_jsonl, write_video_outputs)
 
 
@@ -33,10 +34,10 @@ def read_rows(path):
 
 
 def test_timestamps_are_integers_for_whole_seconds():
-    assert format_timestamp(902) == "902"
-    assert format_timestamp(902.0) == "902"
-    assert format_timestamp(Fraction(1805, 2)) == "902.5"
-    assert format_timestamp(Fraction(1, 3)) == "0.333333"
+    assert format_seconds(902) == "902"
+    assert format_seconds(902.0) == "902"
+    assert format_seconds(Fraction(1805, 2)) == "902.5"
+    assert format_seconds(Fraction(1, 3)) == "0.333333"
 
 
 def test_coordinates_round_trip_float32():

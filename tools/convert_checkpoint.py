@@ -16,7 +16,8 @@ import torch
 from ava_pipeline.config import load_config
 from ava_pipeline.errors import AvaPipelineError
 from ava_pipeline.models import build_action_model
-from ava_pipeline.weights import load_state_dict_into, read_checkpoint, sha256_of
+from ava_pipeline.checksums import file_sha256
+from ava_pipeline.weights import load_state_dict_into, read_checkpoint
 
 
 def convert(source: Path, target: Path, config: str | None = None) -> str:
@@ -30,7 +31,7 @@ def convert(source: Path, target: Path, config: str | None = None) -> str:
     partial = target.with_name(target.name + ".part")
     torch.save({"model_state": state}, partial)
     os.replace(partial, target)
-    return sha256_of(target)
+    return file_sha256(target)
 
 
 def main(argv=None) -> int:

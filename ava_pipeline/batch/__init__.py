@@ -31,7 +31,8 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import ConfigError
 from .local import Dispatched, LocalEngine
-from .manifest import STATUS_DONE, STATUS_FAILED, Manifest, file_sha256, utc_time
+from ..checksums import file_sha256
+from .manifest import STATUS_DONE, STATUS_FAILED, Manifest, utc_time
 from .work import DetectionWork, VideoOutcome, VideoTask, error_line
 
 ENGINES = ("local", "ray")

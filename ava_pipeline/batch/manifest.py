@@ -19,31 +19,18 @@ that matches the output files next to it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Optional
 
+from ..checksums import file_sha256, settings_sha256
 from ..errors import InputFormatError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = 1
 
 STATUS_RUNNING, STATUS_DONE, STATUS_FAILED = "running", "done", "failed"
-
-
-def settings_sha256(settings: dict) -> str:
-    """sha256 of the canonical JSON of ``settings`` (sorted keys)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def utc_time(seconds: Optional[float] = None) -> str:

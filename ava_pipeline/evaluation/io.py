@@ -15,7 +15,6 @@ line-by-line validating reader (Python's ``csv``), which is the authority for me
 """
 from __future__ import annotations
 
-import csv
 import decimal
 import itertools
 import warnings
@@ -25,13 +24,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import InputFormatError
+from ..ava_csv import csv_rows
+from ..errors import InputFormatError, InputFormatWarning
 
 KeyFunction = Callable[[str, str], str]
-
-
-class InputFormatWarning(UserWarning):
-    """Input the official evaluator accepts silently but that is probably a mistake (message names file:line)."""
 
 
 def key_2019(video_id: str, timestamp: str) -> str:
@@ -391,25 +387,6 @@ def _numpy_view(array, dtype):
 
 # ----------------------------------------------------------------------------------------------------------------
 # careful path
-
-def csv_rows(path: Path, *, encoding: str = "utf-8"):
-    """(line number, row) for every row of a CSV file, with I/O and decoding errors as InputFormatError.
-    ``encoding`` ``"utf-8"`` keeps a byte-order mark in the first field, as the official reader does, and warns
-    (:class:`InputFormatWarning`); ``"utf-8-sig"`` skips it."""
-    try:
-        with open(path, newline="", encoding=encoding) as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                if reader.line_num == 1 and row and row[0].startswith("\ufeff"):
-                    warnings.warn(f"{path}:1: the file starts with a UTF-8 byte-order mark (Excel's \"CSV UTF-8\"), "
-                                  f"which the official evaluator keeps in the first video id ({row[0]!r}), so that "
-                                  "row matches nothing; save the file as plain CSV", InputFormatWarning, stacklevel=2)
-                yield reader.line_num, row
-    except FileNotFoundError:
-        raise InputFormatError(f"{path}: no such file; pass the path of an AVA CSV file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputFormatError(f"{path}: cannot be read as a UTF-8 CSV file ({exc})") from None
-
 
 def _key(path, line, key_function, video, timestamp):
     try:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ava_csv import csv_rows
 from ..errors import DependencyMissingError, InputFormatError
-from .io import csv_rows, key_2020
+from .io import key_2020
 
 NOTIONAL_IMAGE_SIZE = 1000
 """Normalized boxes are multiplied by this many pixels (width and height) before COCO evaluation."""

@@ -6,7 +6,8 @@
   Caffe2 ``.pkl``, PyTorchVideo ``.pyth``), with keys renamed to PySlowFast's by ``keymaps``;
 * ``loading``: ``load_state_dict_into`` with grouped reports of missing / unexpected / mis-shaped keys.
 """
-from ava_pipeline.weights.download import cache_dir, download, sha256_of
+from ava_pipeline.checksums import file_sha256 as sha256_of  # the name this package had before checksums
+from ava_pipeline.weights.download import cache_dir, download
 from ava_pipeline.weights.formats import Checkpoint, detect_format, read_checkpoint
 from ava_pipeline.weights.keymaps import caffe2_to_pyslowfast, pytorchvideo_to_pyslowfast
 from ava_pipeline.weights.loading import LoadReport, check_state_dict, load_state_dict_into, summarize_keys

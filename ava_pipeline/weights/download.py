@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from ava_pipeline.checksums import file_sha256
 from ava_pipeline.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,6 @@ def cache_dir() -> Path:
         return Path(os.environ["AVA_PIPELINE_HOME"])
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "ava-pipeline"
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _progress(total: Optional[int], name: str):
@@ -60,7 +52,7 @@ def download(url: str, sha256: Optional[str] = None, *, directory: Optional[Path
     target = directory / url.rsplit("/", 1)[-1]
     if target.is_file():
         if sha256 is not None:
-            actual = sha256_of(target)
+            actual = file_sha256(target)
             if actual != sha256:
                 raise WeightsError(f"{target}: cached file has sha256 {actual}, expected {sha256}; delete it to "
                                    "download it again")

@@ -102,18 +102,27 @@ def _how_to_replace(path: Path) -> str:
     return "download it again"
 
 
-def _read_torch(path: Path, file_format: str) -> Any:
+def safe_torch_load(path: Path, what: str, *, convert_hint: str = "convert them with tools/convert_checkpoint.py"
+                    ) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure a :class:`WeightsError` naming
+    ``path``: a refused global (the file holds objects other than tensors and plain data; ``convert_hint`` says
+    what to do), or a damaged file (``what`` names its kind, e.g. ``"PySlowFast .pyth checkpoint"``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = re.search(r"(?i)unsupported (global|operand)\W+(?:GLOBAL )?([\w.]+)", str(exc))
-        if refused is None:  # not a refusal: a damaged pickle
-            raise _unreadable(path, file_format, exc) from exc
+        if refused is None or (refused[1].lower() == "operand" and not _starts_like_pickle(path)):
+            raise _unreadable(path, what, exc) from exc  # not a refusal: damaged, or no pickle at all
         raise WeightsError(f"{path}: refused to load: the file contains objects other than tensors and plain "
                            f"data (unsupported {refused[1].lower()} {refused[2]}); only load files from a source "
-                           "you trust, and convert them with tools/convert_checkpoint.py") from exc
+                           f"you trust, and {convert_hint}") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise _unreadable(path, file_format, exc) from exc
+        raise _unreadable(path, what, exc) from exc
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
 
 
 def _torch_reason(exc: BaseException) -> str:
@@ -124,8 +133,8 @@ def _torch_reason(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
-def _unreadable(path: Path, file_format: str, exc: BaseException) -> WeightsError:
-    return WeightsError(f"{path}: cannot read {file_format} checkpoint, the file looks truncated or corrupt "
+def _unreadable(path: Path, what: str, exc: BaseException) -> WeightsError:
+    return WeightsError(f"{path}: cannot read {what}, the file looks truncated or corrupt "
                         f"({type(exc).__name__}: {_torch_reason(exc)}); {_how_to_replace(path)}")
 
 
@@ -138,7 +147,7 @@ def _read_caffe2(path: Path) -> dict:
                            "blobs and may try to run code") from exc
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError) as exc:
-        raise _unreadable(path, "pickle", exc) from exc
+        raise _unreadable(path, "pickle checkpoint", exc) from exc
     if not isinstance(data, dict) or not isinstance(data.get("blobs"), dict):
         raise WeightsError(f"{path}: a pickle without a 'blobs' dict is not a Caffe2 checkpoint; pass a PySlowFast "
                            ".pyth/.pkl, Caffe2 .pkl or PyTorchVideo .pyth file")
@@ -190,7 +199,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         state, dropped = rename_keys(blobs, caffe2_to_pyslowfast)
         layout, file_format = "caffe2", "caffe2"
     else:
-        state = _unwrap(_read_torch(path, file_format), path)
+        state = _unwrap(safe_torch_load(path, f"{file_format} checkpoint"), path)
         _check_names(state, path)
         if is_pytorchvideo_layout(state):
             state, dropped = rename_keys(state, pytorchvideo_to_pyslowfast)
