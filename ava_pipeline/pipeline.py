@@ -20,46 +20,18 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from .errors import ConfigError, InputFormatError
+from .results import KeptBeforeDamage, KeyframeResult, damage_note
 
 DETECTOR_BACKENDS = ("torchvision", "detectron2", "precomputed")
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """Action-model precisions: name -> torch dtype (fp16 / bf16 run under autocast)."""
-
-
-@dataclass
-class KeyframeResult:
-    """Detections at one keyframe of one video.
-
-    ``boxes`` float32 (K, 4) are normalized ``x1, y1, x2, y2`` in [0, 1] of the keyframe image (top-left
-    origin), as the detector gave them; ``box_strings`` holds the box file's original coordinate text per box
-    for precomputed boxes (written verbatim to the CSV), else None. ``box_scores`` float32 (K,) are the
-    detector scores. ``probs`` float32 (K, 80): column ``c`` is the probability of AVA action id ``c + 1``.
-    ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
-    """
-
-    video_id: str
-    timestamp: Any  # seconds from the start of the video (int, Fraction or float, as scheduled)
-    index: int  # position of this keyframe in the video's schedule (0-based)
-    num_keyframes: int  # keyframes scheduled for the video (estimated from the header for the default schedule)
-    pts: Optional[int]  # presentation timestamp of the keyframe's source frame, in its stream's time base
-    pts_time: float  # the same in seconds
-    image_size: tuple[int, int]  # (width, height) of the keyframe image in pixels
-    boxes: np.ndarray
-    box_strings: Optional[list[tuple[str, str, str, str]]]
-    box_scores: np.ndarray
-    probs: np.ndarray
-    keyframe_image: np.ndarray = field(repr=False)
-
-    @property
-    def num_persons(self) -> int:
-        return len(self.boxes)
 
 
 @dataclass
@@ -465,38 +437,6 @@ class ActionDetector:
             yield item.result
 
 
-class KeptBeforeDamage:
-    """Iterate a video's results, ending quietly at a damage once keyframes were yielded.
-
-    A :class:`~ava_pipeline.video.VideoTruncatedError` (damaged or truncated file, keyframes past its end)
-    after at least one keyframe ends the iteration and is kept in :attr:`error`, so that the caller writes
-    the keyframes decoded before the damage and then reports the loss; before the first keyframe, and for
-    any other error, it propagates.
-    """
-
-    def __init__(self, results: Iterable[KeyframeResult]):
-        self._results = results
-        self.error: Optional[Exception] = None
-
-    def __iter__(self) -> Iterator[KeyframeResult]:
-        from .video import VideoTruncatedError
-
-        yielded = False
-        try:
-            for result in self._results:
-                yielded = True
-                yield result
-        except VideoTruncatedError as error:
-            if not yielded:
-                raise
-            self.error = error
-
-
-def damage_note(keyframes: int, output: str | Path) -> str:
-    """The end of the error line of a video whose keyframes were only partly produced: where those went."""
-    return f"the {keyframes} keyframe(s) it could produce are written to {Path(output).absolute()}"
-
-
 def _keyframe_list(keyframes) -> list:
     """The times of a ``START:END[:STEP]`` spec or a sequence of seconds; ConfigError when it is neither."""
     from .video import keyframe_schedule
@@ -527,3 +467,6 @@ def _plain(keyframes):
 
 def _rebuild(settings: dict) -> ActionDetector:
     return ActionDetector(**settings)
+
+
+__all__ = ["ActionDetector", "KeptBeforeDamage", "KeyframeResult", "StageTimings", "damage_note"]

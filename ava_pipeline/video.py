@@ -535,6 +535,32 @@ class VideoReader:
                 yield GridFrame(index, previous[0], self._time_base, previous[1])
                 index += 1
 
+    def source_frames(self) -> Iterator[tuple[float, np.ndarray]]:
+        """Yield ``(seconds, image)`` for every decoded frame of the stream, in order and without the grid's
+        duplication: ``seconds`` on the grid's clock (0 = the container's start), ``image`` uint8 (H, W, 3)
+        RGB turned upright like the grid frames. For rendering; one pass per reader, like :meth:`grid_frames`.
+        """
+        import av
+
+        if self._started:
+            raise RuntimeError(f"{self.path}: a VideoReader streams its video once; open a new reader")
+        self._started = True
+        rate = self._stream.guessed_rate or self._stream.average_rate or Fraction(30)
+        frame, frames, decoded = self._first, self._frames, 0
+        self._first = None
+        while frame is not None:
+            pts = frame.pts if frame.pts is not None else frame.dts
+            seconds = (float((pts + self._start_offset) * self._time_base) if pts is not None
+                       else decoded / float(rate))
+            yield seconds, _upright_rgb(frame, self._quarter_turns)
+            decoded += 1
+            try:
+                frame = next(frames)
+            except StopIteration:
+                frame = None
+            except av.FFmpegError as error:
+                raise _Damaged(self.path, f"decoding failed after {decoded} frames ({_describe(error)})") from None
+
     def _time_s(self, shown) -> str:
         if shown is None:
             return "the start"

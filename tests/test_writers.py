@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from ava_pipeline.ava_csv import format_seconds
-from ava_pipeline.pipeline import KeyframeResult
-from ava_pipeline.writers import (
-    DETECTION_COLUMNS, atomic_output, detections_dataframe, draw_annotation, format_coordinate,
-    keyframe_png_name, render_video, short_action_name, write_csv, write_jsonl, write_video_outputs)
+from ava_pipeline.results import KeyframeResult
+from ava_pipeline.render import (draw_annotation, keyframe_png_name, render_video, short_action_name,
+                                 write_video_outputs)
+from ava_pipeline.writers import (DETECTION_COLUMNS, atomic_output, detections_dataframe, format_coordinate, write_csv,
+                                  write_jsonl)
 
 
 def make_result(timestamp=902, boxes=((0.1, 0.2, 0.5, 0.9), (0.55, 0.1, 0.95, 0.8)), box_strings=None,

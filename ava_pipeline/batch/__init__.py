@@ -135,7 +135,8 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
     started = time.perf_counter()
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; use one of {list(ENGINES)}")
-    from ..writers import OUTPUT_SUFFIXES, render_paths
+    from ..render import render_paths
+    from ..writers import OUTPUT_SUFFIXES
 
     if output_format not in OUTPUT_SUFFIXES:
         raise ConfigError(f"unknown output format {output_format!r}; use one of {sorted(OUTPUT_SUFFIXES)}")
@@ -217,8 +218,8 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], out_dir: Path,
                    output_format: str, min_score: Optional[float], dispatched_at: Optional[float]) -> dict:
     """Write a finished video's detection file (atomically) and return its manifest entry."""
-    from ..pipeline import damage_note
-    from ..writers import write_video_outputs
+    from ..results import damage_note
+    from ..render import write_video_outputs
 
     fingerprint = outcome.fingerprint
     entry = {"source": outcome.task.path, "status": STATUS_FAILED, "error": outcome.error,

@@ -41,7 +41,7 @@ class VideoTask:
 class VideoOutcome:
     """What a worker returns for one task.
 
-    ``results`` are the video's :class:`~ava_pipeline.pipeline.KeyframeResult` in time order with their
+    ``results`` are the video's :class:`~ava_pipeline.results.KeyframeResult` in time order with their
     ``keyframe_image`` dropped (empty (0, 0, 3) uint8) to keep the message small; when ``error`` is set, the
     keyframes decoded before the damage of a damaged video, else None.
     ``error`` is one line naming the video file; ``timings`` seconds per stage (``process`` is the wall time
@@ -157,8 +157,8 @@ class VideoProcessor:
 
     def _results(self, task: VideoTask, stages) -> tuple[list, Optional[Exception]]:
         """The video's results, and the damage that ended them early (None for a whole video)."""
-        from ..pipeline import KeptBeforeDamage
-        from ..writers import RenderSink, render_paths
+        from ..results import KeptBeforeDamage
+        from ..render import RenderSink, render_paths
 
         stream = KeptBeforeDamage(self.detector.stream(task.path, self.keyframes, timings=stages))
         results = []

@@ -235,7 +235,8 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
     """Refuse a run that would overwrite one of its inputs, whose videos would read each other's rows of a
     box file, or whose output folders cannot be written; checked before any model is built, so a mistyped
     option costs nothing and destroys nothing."""
-    from ..writers import OUTPUT_SUFFIXES, render_paths
+    from ..render import render_paths
+    from ..writers import OUTPUT_SUFFIXES
 
     inputs = [(f"the input video {path}", path) for path, _ in videos]
     inputs += [(f"the --{option.replace('_', '-')} file {getattr(args, option)}", getattr(args, option))
@@ -279,8 +280,9 @@ def _error_line(path: Path, exc: BaseException) -> str:
 
 
 def _run_single(args, video: Path) -> int:
-    from ..pipeline import ActionDetector, KeptBeforeDamage, damage_note
-    from ..writers import write_video_outputs
+    from ..pipeline import ActionDetector
+    from ..results import KeptBeforeDamage, damage_note
+    from ..render import write_video_outputs
 
     out = _single_output(args, video)
     detector = ActionDetector(**detector_settings(args))  # a bad model / weights / box file: exit status 2
