@@ -46,8 +46,8 @@ def _resolve_weights(weights: Optional[str | Path], record: Optional[ZooModel], 
                        f"name ({', '.join(ZOO)})")
 
 
-def load_action_model(config: str | Path, weights: Optional[str | Path] = None, device: str | torch.device = "cpu",
-                      strict: bool = True) -> nn.Module:
+def load_action_model(config: str | Path, *, weights: Optional[str | Path] = None,
+                      device: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
     """An AVA action model with weights, in eval mode on ``device``.
 
     Args:

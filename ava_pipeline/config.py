@@ -95,12 +95,12 @@ class ActionModelConfig:
     weights: Optional[str] = None  # checkpoint path named by the config (PySlowFast TEST/TRAIN.CHECKPOINT_FILE_PATH)
 
 
-# Bottleneck blocks in res2..res5 per supported model.depth (models.slowfast.BLOCKS_PER_STAGE; a test keeps them equal)
-_BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+"""Bottleneck blocks in res2..res5 per supported ``model.depth``."""
 
 _SUPPORTED = {
     ("model", "arch"): ("slowfast", "slow"),
-    ("model", "depth"): tuple(_BLOCKS_PER_STAGE),
+    ("model", "depth"): tuple(BLOCKS_PER_STAGE),
     ("model", "nonlocal_instantiation"): ("dot_product", "softmax"),
     ("model", "head_act"): ("sigmoid",),
 }
@@ -206,10 +206,11 @@ def _build(cls, values: Any, where: str):
     return cls(**kwargs)
 
 
-def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[dict[str, str]] = None
-              ) -> ActionModelConfig:
+def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[dict[str, str]] = None, *,
+              exact_pathways: bool = True) -> ActionModelConfig:
     """Reject values the model or the data path cannot use, naming ``source`` and the key (with its PySlowFast
-    name when ``pyslowfast_names`` maps ``section.key`` to it)."""
+    name when ``pyslowfast_names`` maps ``section.key`` to it). ``exact_pathways=False`` accepts per-stage options
+    with more pathway values than the architecture uses (the model reads the first ones)."""
     def fail(name: str, value: Any, problem: str) -> typing.NoReturn:
         original = (pyslowfast_names or {}).get(name.split("[")[0])
         raise ConfigError(f"{source}: {name}{f' ({original})' if original else ''}={value!r} {problem}")
@@ -225,7 +226,8 @@ def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[di
     for key in ("num_block_temp_kernel", "spatial_strides", "spatial_dilations", "nonlocal_location",
                 "nonlocal_pool"):
         option = getattr(model, key)
-        if len(option) != 4 or any(len(stage) != model.num_pathways for stage in option):
+        if len(option) != 4 or any(len(stage) != model.num_pathways if exact_pathways else
+                                   len(stage) < model.num_pathways for stage in option):
             fail(f"model.{key}", option, f"has the wrong shape; per-stage options need 4 stages of "
                                          f"{model.num_pathways} pathway value(s) for arch {model.arch!r}")
     for (section, key), (is_valid, use) in _VALID.items():
@@ -233,7 +235,7 @@ def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[di
         if not is_valid(value):
             fail(dotted(section, key), value, f"is not valid; use {use}")
     for key, (is_valid, use) in _WITHIN_STAGE.items():
-        for stage, (per_pathway, blocks) in enumerate(zip(getattr(model, key), _BLOCKS_PER_STAGE[model.depth])):
+        for stage, (per_pathway, blocks) in enumerate(zip(getattr(model, key), BLOCKS_PER_STAGE[model.depth])):
             if not all(is_valid(entry, blocks) for entry in _leaves(per_pathway)):
                 fail(f"model.{key}[{stage}]", per_pathway,
                      f"is not valid; use {use.format(blocks=blocks, last=blocks - 1)} "
@@ -244,6 +246,11 @@ def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[di
     if model.arch == "slowfast" and model.num_frames % model.alpha:
         fail("model.num_frames", model.num_frames, f"must be a multiple of alpha={model.alpha}")
     return cfg
+
+
+def check_model_config(model_cfg: ModelConfig) -> None:
+    """ConfigError for a ``ModelConfig`` built in code (not read from a YAML) that the model cannot use."""
+    _validate(ActionModelConfig(model=model_cfg), "model config", exact_pathways=False)
 
 
 # ------------------------------------------------------------------------------------------ PySlowFast YAML

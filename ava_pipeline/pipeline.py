@@ -22,14 +22,18 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from .errors import ConfigError, InputFormatError
 from .results import KeptBeforeDamage, KeyframeResult, damage_note
 
-DETECTOR_BACKENDS = ("torchvision", "detectron2", "precomputed")
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .detector import PersonDetector
+
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """Action-model precisions: name -> torch dtype (fp16 / bf16 run under autocast)."""
 
@@ -150,43 +154,37 @@ class _Pending:
 class ActionDetector:
     """Spatiotemporal action detection for videos: person boxes at keyframes and AVA's 80 action scores.
 
-    Built from a zoo name (``model``) or a config (``config``: packaged name, our YAML or PySlowFast's AVA
-    YAML) plus optional local ``weights`` (any supported checkpoint format), and a person detector
-    (``torchvision``, ``detectron2`` or ``precomputed`` boxes from an AVA-format CSV given as ``boxes``, which
-    implies ``precomputed``). ``box_thresh`` drops person boxes scored below it (default: the model config's
-    threshold). ``detector_options`` are passed to :func:`ava_pipeline.detector.build_detector` (e.g.
-    ``model``, ``min_box_size``). ``keyframes`` is the default schedule of :meth:`stream`. Up to
-    ``batch_size`` keyframes with persons go through the action model together; ``prefetch`` clips are
-    decoded ahead. The action model runs through :func:`ava_pipeline.models.inference.optimize_for_inference`
-    (BatchNorm folded, fused oneDNN convolutions on CPU; equal to the eager model within float32 rounding)
-    unless ``fast=False``; ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is
-    very slow on CPUs without native support).
+    The action model is a zoo name (``model``), a config (``config``: packaged name, our YAML or PySlowFast's AVA
+    YAML) plus optional local ``weights`` (any supported checkpoint format), or an already loaded model
+    (``model=load_action_model(...)``, or its fast copy). The person detector is a backend name (``torchvision``,
+    ``detectron2``, ``precomputed`` boxes from an AVA-format CSV given as ``boxes``, which implies
+    ``precomputed``) or any object with the :class:`~ava_pipeline.detector.PersonDetector` ``detect`` method.
+    ``box_thresh`` drops person boxes scored below it (default: the model config's threshold; named detectors
+    only). ``detector_options`` are passed to :func:`ava_pipeline.detector.build_detector` (e.g. ``model``,
+    ``min_box_size``). ``keyframes`` is the default schedule of :meth:`stream`. Up to ``batch_size`` keyframes
+    with persons go through the action model together; ``prefetch`` clips are decoded ahead. The action model
+    runs through :func:`ava_pipeline.models.inference.optimize_for_inference` (BatchNorm folded, fused oneDNN
+    convolutions on CPU; equal to the eager model within float32 rounding) unless ``fast=False``; only that
+    copy is kept. ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is very slow on
+    CPUs without native support).
 
-    Every argument is a plain picklable value; :attr:`settings` returns them, and ``ActionDetector(**settings)``
-    (what pickling does) rebuilds an equal detector, e.g. in a worker process.
+    :attr:`settings` returns the constructor's arguments and :meth:`from_settings` rebuilds an equal detector
+    from them (what pickling does, e.g. for a worker process): names and paths travel as they are, objects as
+    pickles.
 
     >>> detector = ActionDetector("SLOWFAST_32x2_R101_50_50", detector="torchvision")  # doctest: +SKIP
     >>> frame = detector("movie.mp4", keyframes="902:905")  # doctest: +SKIP
     """
 
-    def __init__(self, model: Optional[str] = None, *, config: Optional[str] = None, weights: Optional[str] = None,
-                 detector: Optional[str] = None, boxes: Optional[str] = None, box_thresh: Optional[float] = None,
-                 detector_options: Optional[dict] = None, keyframes=None, device: str = "cpu",
+    def __init__(self, model: "str | torch.nn.Module | None" = None, *, config: Optional[str | Path] = None,
+                 weights: Optional[str | Path] = None, detector: "str | PersonDetector | None" = None,
+                 boxes: Optional[str | Path] = None, box_thresh: Optional[float] = None,
+                 detector_options: Optional[dict] = None, keyframes: Any = None, device: str = "cpu",
                  batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32"):
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
                               fast=fast, precision=precision)
-        if model is not None and config is not None:
-            raise ConfigError(f"give a zoo model name or a config, not both (model={model!r}, config={config!r})")
-        if boxes is not None and detector not in (None, "precomputed"):
-            raise ConfigError(f"boxes={str(boxes)!r} are precomputed person boxes, but detector={detector!r}; "
-                              "drop one of them")
-        backend = "precomputed" if boxes is not None else (detector or "torchvision")
-        if backend not in DETECTOR_BACKENDS:
-            raise ConfigError(f"unknown detector {backend!r}; use one of {list(DETECTOR_BACKENDS)}")
-        if backend == "precomputed" and boxes is None:
-            raise ConfigError("the precomputed detector needs a box CSV (boxes=... / --boxes)")
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and not fast:
@@ -200,38 +198,99 @@ class ActionDetector:
 
         import torch
 
-        from .api import load_action_model
-        from .detector import build_detector
-        from .models.inference import optimize_for_inference
-        from .weights import DEFAULT_MODEL
-
-        self.model_source = str(config if config is not None else (model or DEFAULT_MODEL))
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.prefetch = prefetch
         self.keyframes = keyframes
-        self.model = load_action_model(self.model_source, weights=weights, device=self.device)
-        self.config = self.model.config
-        dtype = getattr(torch, PRECISIONS[precision])
-        self.runtime_model = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
-                              else self.model)
-        """What :meth:`stream` runs: the fast inference copy of :attr:`model`, or :attr:`model` itself."""
+        self.model_source, self.config, load = self._action_model_source(model, config, weights)
         self.box_thresh = self.config.box_thresh if box_thresh is None else float(box_thresh)
-        self.detector_backend = backend
-        self.detector = build_detector(backend, boxes_csv=boxes, score_thresh=self.box_thresh, device=str(self.device),
-                                       **self._settings["detector_options"])
+        self.detector = self._person_detector(detector, boxes, box_thresh, self._settings["detector_options"])
+        self.detector_backend = getattr(self.detector, "backend", type(self.detector).__name__)
+        self.model = load(fast, getattr(torch, PRECISIONS[precision]))
+        """The action model :meth:`stream` runs: the fast inference copy (``fast=True``) or the eager model."""
         self.timings = StageTimings()
         """Cumulative over every stream of this detector."""
+
+    def _action_model_source(self, model, config, weights) -> tuple[str, Any, Callable]:
+        """(name for messages, ActionModelConfig, ``load(fast, dtype) -> model``) without loading weights yet,
+        so that a bad detector argument fails before the model is read."""
+        from torch import nn
+
+        from .config import ActionModelConfig, load_config
+        from .models.inference import InferenceModel, optimize_for_inference
+        from .weights import DEFAULT_MODEL, ZOO
+
+        if isinstance(model, nn.Module):
+            if config is not None or weights is not None:
+                raise ConfigError(f"model is an already loaded {type(model).__name__}; drop config={config!r} and "
+                                  f"weights={weights!r}")
+            cfg = getattr(model, "config", None)
+            if not isinstance(cfg, ActionModelConfig):
+                raise ConfigError(f"model is a {type(model).__name__} without an ActionModelConfig in .config; "
+                                  "pass a model from ava_pipeline.load_action_model (or its fast copy)")
+
+            def load_given(fast: bool, dtype):
+                if isinstance(model, InferenceModel) or not fast:
+                    return model.to(self.device).eval()
+                return optimize_for_inference(model, device=self.device, dtype=dtype)
+            return f"{cfg.name} (a loaded model)", cfg, load_given
+        if model is not None and config is not None:
+            raise ConfigError(f"give a zoo model name or a config, not both (model={model!r}, config={config!r})")
+        source = str(config if config is not None else (model or DEFAULT_MODEL))
+        cfg = load_config(ZOO[source].config if source in ZOO else source)
+
+        def load_named(fast: bool, dtype):
+            from .api import load_action_model
+
+            eager = load_action_model(source, weights=weights, device=self.device)
+            if not fast:
+                return eager
+            return optimize_for_inference(eager, device=self.device, dtype=dtype, copy=False)
+        return source, cfg, load_named
+
+    def _person_detector(self, detector, boxes, box_thresh, options: dict):
+        """The detector object: ``detector`` itself, or built by name (the builder checks the arguments)."""
+        from .detector import build_detector
+
+        if detector is not None and not isinstance(detector, str):
+            given = {name: value for name, value in (("boxes", boxes), ("box_thresh", box_thresh),
+                                                     ("detector_options", options or None)) if value is not None}
+            if given:
+                raise ConfigError(f"detector is a {type(detector).__name__} object; {sorted(given)} only apply to "
+                                  "detectors built by name: set them on the object instead")
+            if not callable(getattr(detector, "detect", None)):
+                raise ConfigError(f"detector={detector!r} has no detect(images, video_id=, timestamps=) method; "
+                                  "pass a backend name or a PersonDetector")
+            if callable(getattr(detector, "to", None)):
+                detector.to(self.device)
+            return detector
+        backend = detector or ("precomputed" if boxes is not None else "torchvision")
+        return build_detector(backend, boxes_csv=boxes, score_thresh=self.box_thresh, device=str(self.device),
+                              **options)
+
+    @property
+    def _detector_needs_pixels(self) -> bool:
+        return bool(getattr(self.detector, "needs_pixels", True))
+
+    @property
+    def runtime_model(self):
+        """The model :meth:`stream` runs (:attr:`model`; the name of earlier versions)."""
+        return self.model
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "ActionDetector":
+        """An ActionDetector equal to the one whose :attr:`settings` these are."""
+        return cls(**settings)
 
     # ------------------------------------------------------------------------------------------ identity
 
     @property
     def settings(self) -> dict:
-        """The constructor's keyword arguments (plain values): ``ActionDetector(**settings)`` rebuilds it."""
+        """The constructor's keyword arguments: :meth:`from_settings` rebuilds the detector from them."""
         return {**self._settings, "detector_options": dict(self._settings["detector_options"])}
 
     def __reduce__(self):
-        return (_rebuild, (self.settings,))
+        return (ActionDetector.from_settings, (self.settings,))
 
     def fingerprint(self) -> dict:
         """What determines the outputs: model name, config and weights hashes, detector, decoder, data settings.
@@ -250,7 +309,7 @@ class ActionDetector:
             "model": self.config.name,
             "config_sha256": text_sha256(dump_config(replace(self.config, weights=None))),
             "weights_sha256": getattr(self.model, "weights_sha256", None),
-            "detector": self.detector.fingerprint(),
+            "detector": _detector_fingerprint(self.detector),
             "decoder": decoder_version(),
             "settings": {"keyframes": _plain(self.keyframes), "box_thresh": self.box_thresh,
                          "precision": self._settings["precision"],
@@ -284,10 +343,11 @@ class ActionDetector:
         keyframes = self.keyframes if keyframes is None else keyframes
         if keyframes is not None:
             return _keyframe_list(keyframes)
-        if self.detector_backend == "precomputed":
+        if not self._detector_needs_pixels and callable(getattr(self.detector, "timestamps_for", None)):
             times = list(self.detector.timestamps_for(path.stem))
             if not times:
-                raise InputFormatError(f"{self._settings['boxes']}: no person boxes for video id {path.stem!r} "
+                source = getattr(self.detector, "source", None) or _detector_description(self.detector)
+                raise InputFormatError(f"{source}: no person boxes for video id {path.stem!r} "
                                        f"(the file stem of {path}); the box file's first column must name the "
                                        "video by its file stem, or pass keyframes")
             return times
@@ -348,7 +408,7 @@ class ActionDetector:
             finally:
                 timings.decode += time.perf_counter() - start
             persons = None
-            if self.detector_backend == "precomputed":
+            if not self._detector_needs_pixels:
                 start = time.perf_counter()
                 persons = self.detector.detect([clip.keyframe_image], video_id=video_id,
                                                timestamps=[clip.keyframe_s])[0]
@@ -424,7 +484,7 @@ class ActionDetector:
                 torch.cat([torch.full((len(item.boxes_px), 1), float(i)), torch.as_tensor(item.boxes_px).float()], 1)
                 for i, item in enumerate(batch)]).to(self.device)
             with torch.inference_mode():
-                probs = self.runtime_model(pathways, boxes).float().cpu().numpy()
+                probs = self.model(pathways, boxes).float().cpu().numpy()
             timings.action_model += time.perf_counter() - start
             timings.model_batches += 1
             offset = 0
@@ -435,6 +495,18 @@ class ActionDetector:
                 item.inputs = item.boxes_px = None
         for item in pending:
             yield item.result
+
+
+def _detector_description(detector) -> str:
+    """The detector's one-line description (its class name for objects without one)."""
+    return str(getattr(detector, "description", None) or type(detector).__name__)
+
+
+def _detector_fingerprint(detector) -> dict:
+    """The detector's fingerprint record; for objects without one, their class (which cannot tell settings apart)."""
+    if callable(getattr(detector, "fingerprint", None)):
+        return detector.fingerprint()
+    return {"backend": "custom", "class": f"{type(detector).__module__}.{type(detector).__qualname__}"}
 
 
 def _keyframe_list(keyframes) -> list:
@@ -463,10 +535,6 @@ def _plain(keyframes):
     if keyframes is None or isinstance(keyframes, str):
         return keyframes
     return [str(t) for t in keyframes]
-
-
-def _rebuild(settings: dict) -> ActionDetector:
-    return ActionDetector(**settings)
 
 
 __all__ = ["ActionDetector", "KeptBeforeDamage", "KeyframeResult", "StageTimings", "damage_note"]

@@ -96,3 +96,21 @@ def test_zoo_name_without_network_says_to_pass_weights(monkeypatch, tmp_path):
 def test_unknown_config_suggests_a_name():
     with pytest.raises(ConfigError, match="did you mean 'SLOWFAST_32x2_R101_50_50'"):
         load_action_model("SLOWFAST_32x2_R101_50")
+
+
+def test_package_names_are_lazy_visible_and_torch_free_until_used():
+    code = ("import sys, ava_pipeline; names = dir(ava_pipeline); "
+            "assert {'ActionDetector', 'load_action_model', 'evaluate', 'build_detector', 'KeyframeResult'} <= "
+            "set(names), names; assert 'torch' not in sys.modules; "
+            "from ava_pipeline import evaluate; assert 'torch' not in sys.modules; "
+            "from ava_pipeline.evaluation import evaluate as inner; assert evaluate is inner")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_action_model_takes_its_options_by_keyword_only(tiny_files):
+    config, weights, _ = tiny_files
+    with pytest.raises(TypeError):
+        load_action_model(config, weights)  # noqa: the positional form is refused on purpose

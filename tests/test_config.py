@@ -5,10 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ava_pipeline import config
 from ava_pipeline.config import ModelConfig, dump_config, load_config, packaged_config_names
 from ava_pipeline.errors import ConfigError
-from ava_pipeline.models.slowfast import BLOCKS_PER_STAGE
 
 PYSLOWFAST = Path(__file__).parent / "data" / "pyslowfast_configs"
 PYSLOWFAST_YAMLS = sorted(PYSLOWFAST.rglob("*.yaml"))
@@ -182,10 +180,6 @@ def test_unusable_values_are_config_errors_naming_file_and_key(tmp_path, section
 ])
 def test_boundary_values_load(tmp_path, section, key, value):
     load_config(write_variant(tmp_path, section, key, value))
-
-
-def test_block_counts_match_the_model():
-    assert config._BLOCKS_PER_STAGE == BLOCKS_PER_STAGE
 
 
 @pytest.mark.parametrize("section,key,value,message", [

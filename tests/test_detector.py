@@ -307,7 +307,7 @@ def test_builder_refuses_conflicting_or_invalid_settings(tmp_path):
         build_detector("precomputed")
     with pytest.raises(ConfigError, match="'model': 'fasterrcnn_resnet50_fpn'.*only apply to image detectors"):
         build_detector("precomputed", boxes_csv=path, model="fasterrcnn_resnet50_fpn")
-    with pytest.raises(ConfigError, match="backend='torchvision'"):
+    with pytest.raises(ConfigError, match="detector='torchvision'"):
         build_detector("torchvision", boxes_csv=path)
     with pytest.raises(ConfigError, match="score_thresh must be in \\[0, 1\\], got 1.5"):
         build_detector("precomputed", boxes_csv=path, score_thresh=1.5)

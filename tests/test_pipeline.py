@@ -315,3 +315,74 @@ def test_scores_match_pyslowfast_test_path(tmp_path):
             worst = max(worst, float(np.abs(ours - scores).max()))
     assert np.mean(spread) > 0.5, "scores saturate: the comparison would be weak"
     assert worst < 2e-4, f"largest score difference {worst:.2e}"
+
+
+class CentreBoxDetector:
+    """A user's own person detector: one box in the middle of every image (needs the pixels)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def detect(self, images, *, video_id=None, timestamps=None):
+        from ava_pipeline.detector import PersonBoxes
+
+        self.seen.extend(image.shape for image in images)
+        return [PersonBoxes(np.array([[0.25, 0.25, 0.75, 0.75]], np.float32), np.array([0.9], np.float32))
+                for _ in images]
+
+
+def test_loaded_model_and_detector_objects_are_used_as_given(tiny, movie, boxes_csv):
+    from ava_pipeline import load_action_model
+    from ava_pipeline.models.inference import InferenceModel
+
+    config, weights = tiny
+    loaded = load_action_model(str(config), weights=str(weights))
+    custom = CentreBoxDetector()
+    by_object = ActionDetector(loaded, detector=custom)
+    assert isinstance(by_object.model, InferenceModel) and by_object.model.config == loaded.config
+    assert by_object.model.weights_sha256 == loaded.weights_sha256
+    results = list(by_object.stream(movie[0], keyframes=[1, 2]))
+    assert custom.seen == [(60, 80, 3)] * 2  # the pixels of both keyframes reached the custom detector
+    assert [r.num_persons for r in results] == [1, 1]
+    assert by_object.fingerprint()["detector"] == {"backend": "custom",
+                                                   "class": f"{__name__}.CentreBoxDetector"}
+
+    # the same box through a named detector gives the same scores: the objects change nothing else
+    centre_csv = boxes_csv.parent / "centre.csv"
+    write_boxes(centre_csv, [("movie", t, "0.25", "0.25", "0.75", "0.75", 0.9) for t in (1, 2)])
+    by_name = make_detector(tiny, centre_csv)
+    expected = [r.probs for r in by_name.stream(movie[0], keyframes=[1, 2])]
+    for result, probs in zip(results, expected):
+        np.testing.assert_allclose(result.probs, probs, atol=1e-6)
+
+    # a fast copy is taken as it is, and an eager module with fast=False too
+    assert ActionDetector(by_object.model, detector=custom).model is by_object.model
+    assert ActionDetector(loaded, detector=custom, fast=False).model is loaded
+
+
+def test_object_arguments_conflicting_with_names_fail_loudly(tiny, boxes_csv):
+    from ava_pipeline import load_action_model
+
+    config, weights = tiny
+    loaded = load_action_model(str(config), weights=str(weights))
+    with pytest.raises(ConfigError, match="already loaded SlowFast; drop config="):
+        ActionDetector(loaded, config=str(config), boxes=str(boxes_csv))
+    with pytest.raises(ConfigError, match=r"CentreBoxDetector object; \['boxes'\] only apply to detectors built"):
+        ActionDetector(loaded, detector=CentreBoxDetector(), boxes=str(boxes_csv))
+    with pytest.raises(ConfigError, match="has no detect"):
+        ActionDetector(loaded, detector=object())
+    with pytest.raises(ConfigError, match="without an ActionModelConfig"):
+        ActionDetector(torch.nn.Linear(2, 2), boxes=str(boxes_csv))
+
+
+def test_settings_rebuild_an_equal_detector_also_with_objects(tiny, movie, boxes_csv):
+    from ava_pipeline import load_action_model
+
+    named = make_detector(tiny, boxes_csv)
+    rebuilt = ActionDetector.from_settings(named.settings)
+    assert rebuilt.fingerprint() == named.fingerprint()
+    config, weights = tiny
+    with_objects = ActionDetector(load_action_model(str(config), weights=str(weights)), detector=CentreBoxDetector())
+    copy = pickle.loads(pickle.dumps(with_objects))
+    first, second = (list(d.stream(movie[0], keyframes=[1])) for d in (with_objects, copy))
+    np.testing.assert_array_equal(first[0].probs, second[0].probs)

@@ -46,8 +46,8 @@ def build_detector(backend: str = "torchvision", *, model: Optional[str] = None,
                               "drop them")
         return build_precomputed_detector(boxes_csv, score_thresh=score_thresh)
     if boxes_csv is not None:
-        raise ConfigError(f"boxes_csv={str(boxes_csv)!r} gives precomputed boxes but backend={backend!r}; "
-                          "drop one of them")
+        raise ConfigError(f"boxes_csv={str(boxes_csv)!r} (--boxes) gives precomputed boxes but detector={backend!r} "
+                          "(--detector); drop one of them")
     if min_box_size < 0:
         raise ConfigError(f"min_box_size must be >= 0 pixels, got {min_box_size}")
     max_detections = DEFAULT_MAX_DETECTIONS if max_detections is None else max_detections

@@ -1,6 +1,5 @@
 """Builds the action model from a ``ModelConfig``: the one place where model configuration is read."""
-from ava_pipeline.config import ModelConfig
-from ava_pipeline.errors import ConfigError
+from ava_pipeline.config import ModelConfig, check_model_config
 from ava_pipeline.models.slowfast import SlowFast
 
 
@@ -10,8 +9,7 @@ def build_action_model(model_cfg: ModelConfig) -> SlowFast:
     Its state-dict keys and shapes are PySlowFast's for the same config, so a PySlowFast checkpoint loads
     with ``load_state_dict(strict=True)``. Raises ``ConfigError`` for options the model does not implement.
     """
-    if model_cfg.head_act != "sigmoid":
-        raise ConfigError(f"model.head_act={model_cfg.head_act!r} is not supported; AVA models use 'sigmoid'")
+    check_model_config(model_cfg)
     model = SlowFast(
         arch=model_cfg.arch, depth=model_cfg.depth, alpha=model_cfg.alpha, beta_inv=model_cfg.beta_inv,
         fusion_conv_channel_ratio=model_cfg.fusion_conv_channel_ratio,

@@ -37,7 +37,7 @@ On other devices (and for reduced precision) the folded convolutions run as plai
 channels-last activations under ``torch.autocast(dtype)``.
 """
 import contextlib
-import copy
+import copy as copy_module
 from typing import Optional
 
 import torch
@@ -293,10 +293,13 @@ def _rewrite(module: nn.Module, prefix: str, use_onednn: bool) -> None:
             _rewrite(child, f"{name}.", use_onednn)
 
 
-def optimize_for_inference(model: nn.Module, *, device="cpu", dtype: Optional[torch.dtype] = None) -> InferenceModel:
+def optimize_for_inference(model: nn.Module, *, device: str | torch.device = "cpu",
+                           dtype: Optional[torch.dtype] = None, copy: bool = True) -> InferenceModel:
     """A faster inference copy of a PySlowFast-structured SlowFast / Slow-only AVA model.
 
-    ``model`` is left untouched (the rewrite works on a deep copy, put in eval mode). ``device`` is where the
+    ``model`` is left untouched (the rewrite works on a deep copy, put in eval mode) unless ``copy=False``, which
+    rewrites ``model`` itself (it is then only usable through the result: no second copy of the weights).
+    The result keeps ``model.config`` and ``model.weights_sha256`` when those exist. ``device`` is where the
     copy runs; ``dtype`` (``torch.float16`` / ``torch.bfloat16``) enables autocast, ``None`` keeps float32,
     which on CPU uses the fused oneDNN path. Returns an ``InferenceModel`` with the model's forward signature
     ``([slow, fast], boxes (K,5)) -> (K, num_classes)``; its float32 CPU outputs equal the eager model's
@@ -309,7 +312,7 @@ def optimize_for_inference(model: nn.Module, *, device="cpu", dtype: Optional[to
     dtype = None if dtype == torch.float32 else dtype
     use_onednn = (device.type == "cpu" and dtype is None and torch.backends.mkldnn.is_available()
                   and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
-    fast = copy.deepcopy(model).eval()
+    fast = (copy_module.deepcopy(model) if copy else model).eval()
     _rewrite(fast, "", use_onednn)
     unfolded = [name for name, m in fast.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if unfolded:
@@ -317,4 +320,8 @@ def optimize_for_inference(model: nn.Module, *, device="cpu", dtype: Optional[to
                           "(not after a known PySlowFast convolution); use the eager model instead")
     for p in fast.parameters():
         p.requires_grad_(False)
-    return InferenceModel(fast.to(device), device=device, dtype=dtype)
+    result = InferenceModel(fast.to(device), device=device, dtype=dtype)
+    for name in ("config", "weights_sha256"):
+        if hasattr(model, name):
+            setattr(result, name, getattr(model, name))
+    return result

@@ -24,10 +24,10 @@ s2 is a 1x1x1 max-pool (the identity, no parameters) for these architectures and
 import torch
 from torch import nn
 
+from ava_pipeline.config import BLOCKS_PER_STAGE
 from ava_pipeline.errors import ConfigError, InputFormatError
 from ava_pipeline.models.roi_head import RoIHead
 
-BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 # Temporal kernel size of the stem and of conv ``a`` in res2..res5, per pathway (PySlowFast's kernel basis).
 TEMPORAL_KERNELS = {
@@ -246,9 +246,6 @@ class SlowFast(nn.Module):
         kernels = TEMPORAL_KERNELS[arch]
         self.num_pathways = len(kernels[0])
         divisors = (1, beta_inv)[:self.num_pathways]  # Slow, Fast channel divisors
-        if width_per_group // beta_inv < 1 and self.num_pathways == 2:
-            raise ConfigError(f"width_per_group={width_per_group} leaves the Fast pathway no channels: "
-                              f"it must be at least beta_inv={beta_inv}")
 
         def per_pathway(channels: int) -> tuple[int, ...]:
             return tuple(channels // d for d in divisors)

@@ -113,7 +113,7 @@ def _compute_alone(detector, results, batch_size: int) -> tuple[float, float]:
             torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.inference_mode():
-            detector.runtime_model(pathways, boxes)
+            detector.model(pathways, boxes)
         if detector.device.type == "cuda":
             torch.cuda.synchronize()
         model_s += time.perf_counter() - start
