@@ -208,6 +208,7 @@ class ActionDetector:
         self.detector_backend = getattr(self.detector, "backend", type(self.detector).__name__)
         self.model = load(fast, getattr(torch, PRECISIONS[precision]))
         """The action model :meth:`stream` runs: the fast inference copy (``fast=True``) or the eager model."""
+        _return_freed_memory()
         self.timings = StageTimings()
         """Cumulative over every stream of this detector."""
 
@@ -495,6 +496,20 @@ class ActionDetector:
                 item.inputs = item.boxes_px = None
         for item in pending:
             yield item.result
+
+
+def _return_freed_memory() -> None:
+    """Give the checkpoint's and the eager model's freed heap back to the system (glibc keeps it otherwise: a
+    worker holding R101 stayed ~140 MB larger). A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _detector_description(detector) -> str:
