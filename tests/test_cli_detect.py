@@ -211,3 +211,16 @@ def test_find_videos_searches_folders_recursively(tmp_path):
     assert all(path.is_absolute() for path, _ in found)
     assert find_videos([tmp_path / "b.mp4", tmp_path / "sub"]) == [(tmp_path / "b.mp4", "b"),
                                                                     (tmp_path / "sub" / "c.mov", "c")]
+
+
+def test_help_lists_the_choices_from_their_definitions(capsys):
+    from ava_pipeline.batch import ENGINES
+    from ava_pipeline.detector import BACKENDS
+    from ava_pipeline.weights.zoo import zoo_names
+
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in [*zoo_names(), *BACKENDS, *ENGINES, "jsonl", "bf16"]:
+        assert name in text
+    assert main(["x.mp4", "--out", "y.csv", "--model", "SLOWFAST_32x2_R101"]) == 2
+    assert "did you mean 'SLOWFAST_32x2_R101_50_50'?" in capsys.readouterr().err

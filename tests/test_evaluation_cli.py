@@ -155,3 +155,17 @@ def test_persons_bad_input(tmp_path, capsys):
     boxes.write_text("v,0902,0.1,0.2\n")
     assert main(["persons", "--gt", str(gt), "--det", str(boxes)]) == 2
     assert f"{boxes}:1: expected 6 or 7 or 8 columns" in capsys.readouterr().err
+
+
+def test_subcommands_are_listed_and_frame_map_is_the_default(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert "frame-map" in listing and "persons" in listing
+    gt = tmp_path / "gt.csv"
+    gt.write_text("v,902,0.1,0.1,0.5,0.5,12,0\n")
+    outputs = []
+    for prefix in ([], ["frame-map"]):
+        assert main([*prefix, "--gt", str(gt), "--det", str(gt), "--labelmap", "v2.2"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and "mAP" in outputs[0]

@@ -58,6 +58,17 @@ def probability(text: str) -> float:
     return value
 
 
+def zoo_model_name(text: str) -> str:
+    """A model-zoo name (the error suggests the closest one)."""
+    from ..errors import ConfigError
+    from ..weights.zoo import get_zoo_model
+
+    try:
+        return get_zoo_model(text).name
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def device_name(text: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
@@ -83,17 +94,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..batch import ENGINES
+    from ..detector import BACKENDS
+    from ..pipeline import PRECISIONS
+    from ..weights.zoo import DEFAULT_MODEL, zoo_names
+    from ..writers import OUTPUT_SUFFIXES
+
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                      epilog="Exit status: 0 all done, 1 some videos failed, 2 usage error.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files and/or folders of videos")
     parser.add_argument("--out", required=True, type=Path, metavar="PATH",
                         help="output file for one video, output folder for several")
     model = parser.add_mutually_exclusive_group()
-    model.add_argument("--model", metavar="NAME", help="zoo model name (default: the best zoo model)")
+    model.add_argument("--model", metavar="NAME", type=zoo_model_name,
+                       help=f"zoo model: {', '.join(zoo_names())} (default {DEFAULT_MODEL})")
     model.add_argument("--config", metavar="YAML", help="model config: ours or PySlowFast's AVA YAML unchanged")
     parser.add_argument("--weights", metavar="FILE", help="local checkpoint (.pyth/.pkl/.pt, PySlowFast, Caffe2 or "
                         "PyTorchVideo layout) instead of the config's weights")
-    parser.add_argument("--detector", choices=("torchvision", "detectron2", "precomputed"),
+    parser.add_argument("--detector", choices=BACKENDS,
                         help="person detector (default torchvision; --boxes implies precomputed)")
     parser.add_argument("--detector-model", metavar="NAME", help="model of the detector backend "
                         "(torchvision: e.g. fasterrcnn_resnet50_fpn_v2; detectron2: config name or YAML)")
@@ -109,15 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                         help="keyframes per action-model forward pass (default 8)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
-    parser.add_argument("--format", dest="output_format", choices=("csv", "jsonl"),
+    parser.add_argument("--format", dest="output_format", choices=tuple(OUTPUT_SUFFIXES),
                         help="csv: AVA rows per box and action; jsonl: one object per keyframe (default: jsonl "
                         "for an --out file ending .jsonl, else csv)")
     parser.add_argument("--min-score", type=probability, metavar="F", help="omit actions scored below F")
     parser.add_argument("--render", type=Path, metavar="DIR",
                         help="also write an annotated mp4 per video and a PNG per keyframe into DIR")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+    parser.add_argument("--engine", choices=ENGINES, default="local",
                         help="several videos: local worker processes or a Ray cluster")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="parallel videos (default: engine's)")
     parser.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: start a local one)")

@@ -28,54 +28,63 @@ from .common import refuse_overwriting_inputs, run_cli
 PROG = "ava-eval"
 
 
+SUBCOMMANDS = ("frame-map", "persons")
+"""``frame-map`` (the default when the first argument is an option) and ``persons``."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """``ava-eval [frame-map] ...`` and ``ava-eval persons ...`` (see the module docstring)."""
     from ..evaluation.frame_map import TIE_ORDERS
     from ..evaluation.protocols import PROTOCOLS
 
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gt", required=True, metavar="GT.csv", help="ground-truth CSV (e.g. ava_val_v2.2.csv)")
-    parser.add_argument("--det", required=True, metavar="DET.csv",
-                        help="detections CSV: video_id,timestamp,x1,y1,x2,y2,action_id,score")
-    parser.add_argument("--labelmap", default="v2.2-eval", metavar="PBTXT",
-                        help="label map of the evaluated classes: a pbtxt path or a packaged name "
-                             "(v2.2-eval [default, 60 classes], v2.1-eval, v2.2 [all 80])")
-    parser.add_argument("--exclusions", metavar="CSV",
-                        help="excluded timestamps (ava_val_excluded_timestamps_v2.2.csv); not for activitynet2020")
-    parser.add_argument("--protocol", default="activitynet2019", choices=list(PROTOCOLS),
-                        help="; ".join(f"{name}: {p.summary}" for name, p in PROTOCOLS.items())
-                        + " (default activitynet2019)")
-    parser.add_argument("--tie-order", default="numpy1", choices=TIE_ORDERS,
-                        help="rank of equal scores: numpy1 = the official numpy<1.24 argsort order (default, "
-                             "exact); stable = stable sort (image order), a documented alternative")
-    parser.add_argument("--json", metavar="OUT", help="write the official-style metrics dict as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="write a per-class AP bar chart")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    commands = parser.add_subparsers(dest="command", metavar="{frame-map,persons}",
+                                     help="frame-map (default): action frame-mAP; persons: person-box AP")
+    frame_map = commands.add_parser(
+        "frame-map", help="AVA frame-mAP@0.5IoU of action detections (the default subcommand)",
+        description="AVA frame-mAP@0.5IoU exactly as the official ActivityNet evaluator computes it.")
+    frame_map.add_argument("--gt", required=True, metavar="GT.csv", help="ground-truth CSV (e.g. ava_val_v2.2.csv)")
+    frame_map.add_argument("--det", required=True, metavar="DET.csv",
+                           help="detections CSV: video_id,timestamp,x1,y1,x2,y2,action_id,score")
+    frame_map.add_argument("--labelmap", default="v2.2-eval", metavar="PBTXT",
+                           help="label map of the evaluated classes: a pbtxt path or a packaged name "
+                                "(v2.2-eval [default, 60 classes], v2.1-eval, v2.2 [all 80])")
+    frame_map.add_argument("--exclusions", metavar="CSV",
+                           help="excluded timestamps (ava_val_excluded_timestamps_v2.2.csv); not for activitynet2020")
+    frame_map.add_argument("--protocol", default="activitynet2019", choices=list(PROTOCOLS),
+                           help="; ".join(f"{name}: {p.summary}" for name, p in PROTOCOLS.items())
+                           + " (default activitynet2019)")
+    frame_map.add_argument("--tie-order", default="numpy1", choices=TIE_ORDERS,
+                           help="rank of equal scores: numpy1 = the official numpy<1.24 argsort order (default, "
+                                "exact); stable = stable sort (image order), a documented alternative")
+    frame_map.add_argument("--json", metavar="OUT", help="write the official-style metrics dict as JSON")
+    frame_map.add_argument("--plot", metavar="OUT.png", help="write a per-class AP bar chart")
+    frame_map.add_argument("--debug", action="store_true", help="show tracebacks")
+    frame_map.set_defaults(run=_frame_map)
 
-
-def build_persons_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} persons",
+    persons = commands.add_parser(
+        "persons", help="person-detector COCO AP and AP50 against AVA ground-truth boxes",
         description="Person-detector quality against AVA ground-truth boxes: COCO AP (IoU 0.5:0.95) and AP50, "
                     "one image per (video, timestamp), boxes scaled to a notional 1000x1000 image.")
-    parser.add_argument("--gt", required=True, metavar="GT.csv", help="AVA ground-truth CSV")
-    parser.add_argument("--det", required=True, metavar="BOXES.csv",
-                        help="person boxes: video_id,timestamp,x1,y1,x2,y2[,label][,score] (score default 1.0)")
-    parser.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    persons.add_argument("--gt", required=True, metavar="GT.csv", help="AVA ground-truth CSV")
+    persons.add_argument("--det", required=True, metavar="BOXES.csv",
+                         help="person boxes: video_id,timestamp,x1,y1,x2,y2[,label][,score] (score default 1.0)")
+    persons.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    persons.add_argument("--debug", action="store_true", help="show tracebacks")
+    persons.set_defaults(run=_persons)
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point of ``ava-eval``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["persons"]:
-        args = build_persons_parser().parse_args(argv[1:])
-        return run_cli(lambda: _persons(args), PROG, args.debug)
-    _tune_memory()  # before build_parser imports numpy
+    if argv[:1] not in ([name] for name in SUBCOMMANDS) and argv[:1] not in (["-h"], ["--help"]):
+        argv.insert(0, "frame-map")  # ava-eval --gt ... --det ... is the frame-mAP
+    if argv[:1] == ["frame-map"]:
+        _tune_memory()  # before build_parser imports numpy
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _frame_map(args), PROG, args.debug)
+    return run_cli(lambda: args.run(args), PROG, args.debug)
 
 
 def _check_outputs(args, outputs: tuple[str, ...], inputs: tuple[str, ...]) -> None:
