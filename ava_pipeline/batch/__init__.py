@@ -23,11 +23,10 @@ import contextlib
 import fcntl
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from ..errors import ConfigError
 from .local import Dispatched, LocalEngine
@@ -51,6 +50,28 @@ class BatchSummary:
     keyframes: int
     persons: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class BatchStarted:
+    """Reported once, before the first video: ``to_process`` videos, ``skipped`` already done, the engine."""
+
+    to_process: int
+    skipped: int
+    engine: str
+
+
+@dataclass(frozen=True)
+class VideoFinished:
+    """Reported per video: its output ``name``, ``status`` (``done`` / ``failed``) and the ``error`` line (or
+    None)."""
+
+    name: str
+    status: str
+    error: Optional[str]
+
+
+BatchEvent = Union[BatchStarted, VideoFinished]
 
 
 def available_cpus() -> int:
@@ -117,7 +138,8 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
               output_format: str = "csv", min_score: Optional[float] = None, render_dir: Optional[Path] = None,
               engine: str = "local", workers: Optional[int] = None, ray_address: Optional[str] = None,
               quiet: bool = False, max_attempts: int = 3,
-              work_factory: Callable[..., DetectionWork] = DetectionWork) -> BatchSummary:
+              work_factory: Callable[..., DetectionWork] = DetectionWork,
+              report: Optional[Callable[[BatchEvent], None]] = None) -> BatchSummary:
     """Detect actions in ``videos`` and write ``out_dir/<name><suffix>`` per video plus ``manifest.json``.
 
     ``videos``: ``(absolute path, output name)`` pairs; the name is the output path relative to ``out_dir``
@@ -127,7 +149,9 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
     (written by the workers; on Ray, a folder every node can reach). ``engine``: ``local`` (``workers``
     processes, default one per GPU or one using every CPU) or ``ray`` (cluster at ``ray_address``, default a
     local one). A worker that dies is retried up to ``max_attempts`` times per video. ``work_factory`` builds
-    the per-video work from ``(settings, keyframes=, render_dir=)``.
+    the per-video work from ``(settings, keyframes=, render_dir=)``. ``report(event)`` receives a
+    :class:`BatchStarted` and then a :class:`VideoFinished` per video (progress bars, error lines); ``quiet``
+    only silences the engine's own logs.
 
     Raises :class:`~ava_pipeline.errors.ConfigError` (bad arguments, folder in use by another run) and the
     detector's own errors when the models cannot be built; failures of single videos are only counted.
@@ -181,15 +205,14 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 
         runner = _make_engine(engine, work, device=str(settings.get("device") or "cpu"), workers=workers,
                               ray_address=ray_address, max_attempts=max_attempts, quiet=quiet)
-        progress = _Progress(len(tasks), quiet)
+        report = report or (lambda event: None)
         done = failed = keyframes_done = persons_done = 0
         dispatched_at: dict[str, float] = {}
-        try:
-            with contextlib.closing(runner.run(tasks)) if tasks else contextlib.nullcontext(()) as events:
+        if tasks:
+            with contextlib.closing(runner.run(tasks)) as events:
                 for event in events:
-                    if not quiet and not dispatched_at:
-                        progress.write(f"ava-detect: {len(tasks)} video(s) to process, {skipped} already done; "
-                                       f"{runner.describe()}")
+                    if not dispatched_at:
+                        report(BatchStarted(len(tasks), skipped, runner.describe()))
                     if isinstance(event, Dispatched):
                         dispatched_at[event.task.name] = time.time()
                         manifest.mark_running(event.task.name, event.task.path, event.task.attempt)
@@ -205,10 +228,7 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
                         persons_done += entry["persons"]
                     else:
                         failed += 1
-                        progress.write(f"ava-detect: error: {entry['error']}")
-                    progress.advance()
-        finally:
-            progress.close()
+                    report(VideoFinished(event.task.name, entry["status"], entry["error"]))
         return BatchSummary(done=done, failed=failed, skipped=skipped, keyframes=keyframes_done,
                             persons=persons_done, seconds=time.perf_counter() - started)
     finally:
@@ -249,28 +269,3 @@ def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], 
         with contextlib.suppress(OSError):  # an older output no longer matches the manifest: remove it if we can
             output.unlink()
     return entry
-
-
-class _Progress:
-    """A per-video progress bar on an interactive stderr (tqdm); plain lines otherwise."""
-
-    def __init__(self, total: int, quiet: bool):
-        self._bar = None
-        if not quiet and total and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="video", file=sys.stderr, dynamic_ncols=True)
-
-    def write(self, line: str) -> None:
-        if self._bar is not None:
-            self._bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

@@ -342,12 +342,54 @@ def _run_single(args, video: Path) -> int:
     return 0 if error is None else 1
 
 
+class _BatchReport:
+    """Prints a batch's events: the start line and per-video error lines, with a progress bar in videos on an
+    interactive stderr (plain lines otherwise); ``quiet`` keeps only the error lines."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self._bar = None
+
+    def __call__(self, event) -> None:
+        from ..batch import BatchStarted
+
+        if isinstance(event, BatchStarted):
+            if self.quiet:
+                return
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=event.to_process, unit="video", file=sys.stderr, dynamic_ncols=True)
+            self._write(f"{PROG}: {event.to_process} video(s) to process, {event.skipped} already done; "
+                        f"{event.engine}")
+            return
+        if event.error is not None:
+            self._write(f"{PROG}: error: {event.error}")
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
     from ..batch import run_batch
 
-    summary = run_batch(videos, args.out, detector_settings=detector_settings(args),
-                        output_format=args.output_format, min_score=args.min_score, render_dir=args.render,
-                        engine=args.engine, workers=args.workers, ray_address=args.ray_address, quiet=args.quiet)
+    report = _BatchReport(args.quiet)
+    try:
+        summary = run_batch(videos, args.out, detector_settings=detector_settings(args),
+                            output_format=args.output_format, min_score=args.min_score, render_dir=args.render,
+                            engine=args.engine, workers=args.workers, ray_address=args.ray_address, quiet=args.quiet,
+                            report=report)
+    finally:
+        report.close()
     if not args.quiet:
         print(_summary_line(summary.done, summary.failed, summary.skipped, summary.keyframes, summary.persons,
                             summary.seconds), file=sys.stderr)
