@@ -1,50 +1,12 @@
 """Video input: decode a movie once, map its frames onto AVA's 30 fps grid, assemble keyframe clips.
 
-AVA's frames were extracted with ``ffmpeg -i cut -r 30 frame_%06d.jpg``; grid index ``k`` is the ``k``-th
-image that command writes. :class:`VideoReader` reproduces that frame sequence straight from the movie:
-
-* Time 0 of the grid is the container's start time (FFmpeg subtracts it from every timestamp), so a video
-  stream that starts later than the file (audio first) begins with copies of its first frame, and a file
-  whose first timestamp is not 0 (e.g. 2.1 s) starts its grid at that first timestamp.
-* Frames are duplicated or dropped by FFmpeg's constant-frame-rate rule for ``-r`` (``vsync cfr`` of the
-  ``ffmpeg`` program, versions 3.x-6.0, the family AVA's frames were made with; checked against FFmpeg
-  5.1): each decoded frame's timestamp, in grid units, is compared with the next grid slot; the frame fills
-  ``rint(drift + duration)`` slots when that exceeds 1.1, none when below -1.1, one otherwise, where the
-  duration is the packet duration rounded to whole grid frames, or ``grid fps / native fps`` (at most 1)
-  when that rounds to 0 or the packet has none (as in MP4 streams with B-frames, whose durations those
-  FFmpeg versions drop). The rule keeps the drift within about one grid frame; it is not "the frame shown
-  at each grid time" (a 24 fps movie gets its duplicate one slot later, a 60 fps movie lags 1.5 frames).
-  Arithmetic follows FFmpeg's (integer rescaling, the same doubles and the same float rounding).
-  FFmpeg 7+ uses exact frame durations instead and can pick a neighbouring frame where these differ.
-* Frames without timestamps (raw elementary streams such as ``.h264``) are timed at the stream's frame
-  rate.
-* Each frame is rotated upright by its display matrix (multiples of 90 degrees; mirroring is ignored), as
-  ``ffmpeg`` does by default.
-
-:func:`iter_clips` streams through the video once and yields one :class:`Clip` per keyframe exactly as
-PySlowFast's AVA test loader would cut it from those extracted frames: centre ``c = round(t * fps)``,
-indices ``range(c - T*tau/2, c + T*tau/2, tau)`` clamped to the video (edge frames repeated; a keyframe up
-to ``T*tau/2`` grid frames past the last frame is clamped too, one further is reported). It keeps at most
-``T*tau`` grid frames, only those a clip still to come uses (others are released at once, so the decoder
-reuses their buffers); those are converted to RGB in a worker thread while decoding goes on, once per source
-frame, and shared by every clip that shows them. A clip is yielded once its frames are converted (decoding
-goes on meanwhile), at the latest when its first frame would leave the window. Damage (a decoding error,
-or a file that ends more than 1 s before its header says) ends the stream: the clips before it are
-yielded, then :class:`VideoTruncatedError` names the keyframes that were lost.
-
-RGB conversion: FFmpeg's swscale ``rgb24`` conversion, exactly what ``frame.to_ndarray(format="rgb24")``
-returns (same flags, same pixels), run single-threaded in an FFmpeg filter graph per converting thread whose
-output buffers are pooled (:class:`_PooledRgbConverter`); frames are then turned upright by ``cv2.rotate``
-(an exact transpose/flip). The matrix follows the frame's colorspace tag (BT.601 when untagged; BT.709,
-BT.2020 and the other standards swscale knows when tagged), the range its colour-range tag (limited when
-untagged; full for ``yuvj*`` formats or a ``pc``/JPEG tag). For 8-bit 4:2:0 swscale's fast path repeats
-each chroma sample over its 2x2 pixels (no chroma interpolation) and truncates: R, G, B are 0 to 3 levels
-below the exact real-valued conversion (mean 0.8 on random frames); other formats (4:2:2, 4:4:4, 10-bit,
-NV12, gray) take its general path. OpenCV's ``COLOR_YUV2RGB_I420`` (BT.601 limited range only) rounds
-instead, so it differs from this by up to 5 levels, and is slower here (0.40 vs 0.29 ms per 720p frame).
-
-Known difference from FFmpeg 5.1: when an MP4/MOV edit list trims the last packet, FFmpeg versions disagree
-on its duration, so the number of copies of the very last frame may differ by one or two.
+:class:`VideoReader` reproduces the frames ``ffmpeg -i movie -r 30 frame_%06d.jpg`` writes (AVA's extraction)
+straight from the movie: grid time 0 is the container start, frames are duplicated or dropped by FFmpeg's
+constant-frame-rate rule, rotated upright by their display matrix, converted to RGB exactly as swscale does.
+:func:`iter_clips` streams through the video once with bounded memory and yields one :class:`Clip` per keyframe
+as PySlowFast's AVA test loader cuts it (centre ``round(t * fps)``, ``T`` frames ``tau`` apart, edges repeated).
+Damage ends the stream after the clips before it, then :class:`VideoTruncatedError` names what was lost.
+The rules, their FFmpeg versions and the measurements behind the design are in ``docs/internals.md``.
 """
 from __future__ import annotations
 

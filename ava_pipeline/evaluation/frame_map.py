@@ -1,31 +1,12 @@
 """AVA frame-mAP@0.5IoU, rule for rule the official ActivityNet evaluator (``EVAL_SPEC.md``), vectorised.
 
-Data flow (every stage is whole-file numpy; Python loops only over classes, over the distinct row counts of
-keyframes (those with equal counts are capped and ordered as one 2-D block) and over the few keyframes where an
-exact heap layout decides a result)::
-
     read CSVs (io.py) -> per-keyframe cap of 50 with the heap's tie rule -> within-keyframe order
     -> excluded / non-evaluated keyframes dropped -> invalid detections dropped -> IoU of every
     (detection, ground truth) pair of the same keyframe and class -> greedy matching in score order
-    (first maximum, no fall-back) -> per class: concatenation in image order, numpy-1.x argsort, AP
-    -> mAP = nanmean over label-map ids 1..max
+    -> per class: concatenation in image order, numpy-1.x argsort, AP -> mAP = nanmean over label-map ids
 
-Exactness notes. The cap keeps every row scoring above the keyframe's 50th-highest score; of the rows at that
-boundary score, the ones that entered the heap (those arriving while fewer than 50 rows scored at least the
-boundary) compete, and the largest ``(action, y1, x1, y2, x2)`` tuples stay. Within a keyframe the official order
-is the heap array's, stably sorted by descending score; it only matters between equal-score detections of one
-class with different boxes at least one of which overlaps a ground truth by >= 0.5 (and between exactly tied
-ground-truth boxes), so such keyframes are replayed with ``heapq`` and all others use file order for ties.
-Keyframes holding NaN scores or boxes are replayed too. Equal scores of a class are ranked by a re-statement of
-numpy 1.x's introsort argsort (``legacy_argsort``), which is what the official code ran on; it is simulated only
-as far as (class, score) groups mixing true and false positives need, the only ties that can change AP.
-``tie_order="stable"`` ranks equal scores by a stable sort instead (documented alternative, not the official
-number).
-
-Both cores: the ground truth is read on a worker thread while the detections are read, the cap and the
-within-keyframe ordering run on two key ranges at once when the detections are grouped by keyframe, and the tie
-ranking on two halves of the classes (pyarrow and numpy release the GIL in that work); results do not depend on
-the split. After the tie check only the keyframes it names are gathered and matched again.
+Whole-file numpy; the few keyframes whose exact heap layout or tie order can change a result are replayed.
+How each rule is kept exact, and how the work is split over two cores, is in ``docs/internals.md``.
 """
 from __future__ import annotations
 

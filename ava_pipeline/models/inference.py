@@ -1,40 +1,11 @@
 """Inference-only rewrite of a SlowFast / Slow-only AVA model: same numbers, less time.
 
-``optimize_for_inference(model)`` returns a copy of a PySlowFast-structured model (``models/slowfast.py``)
-whose forward has the same signature, ``([slow, fast], boxes) -> (K, num_classes)`` probabilities, and the
-same values within float32 rounding (max abs difference <= 2e-7 on probabilities measured for R50 and R101
-at 256x455), with these changes:
-
-* Every BatchNorm3d is folded into the convolution before it (inference statistics are constants), so a
-  BatchNorm pass over each activation disappears.
-* On CPU in float32 the convolutions run through oneDNN on channels-last 3D (NDHWC) activations, with the
-  following ReLU and the residual addition fused into the convolution as oneDNN post-ops. A 1x1x1
-  convolution on NDHWC activations is a GEMM over ``(N*T*H*W, C_in) x (C_in, C_out)``; oneDNN runs it as one.
-  Each weight is reordered once into the blocked layout oneDNN picks for the input shape and kept (again
-  when the shape changes); left to itself, oneDNN repeats that reorder on every call, about a tenth of the
-  forward time of R50 at 256x455.
-* The residual addition accumulates into the shortcut's memory (oneDNN's in-place sum post-op), so a
-  block's last convolution neither reads a second source nor writes a fresh tensor: 1.3-2.5x faster for
-  those convolutions (slow res2 ``c``: 32 -> 13 ms). Blocks therefore overwrite their input when the shortcut
-  is the identity.
-* 1x3x3 convolutions with 256 or more channels (res4 and res5 ``b`` of R50 / R101) run as Winograd
-  F(4x4, 3x3) (``models/winograd.py``): 2.25x fewer multiplications, 1.3-1.9x faster per layer here.
-* Max-pools with temporal kernel 1 (the stems') run as 2-D pools over the N*T frames (3x faster on the Slow
-  stem; same values).
-* The forward runs under ``torch.inference_mode``.
-
-The layer policy is a fixed rule, not a run-time timing decision. It comes from per-layer measurements of R50
-at 256x455 on the 2-core AMD EPYC development machine (float32, batch 1; oneDNN runs its AVX-512 kernels
-there): oneDNN on NDHWC with fused post-ops was as fast as or faster than every alternative for every layer
-shape of both pathways: eager NCDHW convolution, oneDNN on NCDHW, and, for 1x1x1 convolutions, MKL
-``torch.mm`` on the ``(N*T*H*W, C)`` view (10-50% slower than oneDNN's own GEMM, before its separate add and
-ReLU passes). Channels-last helps the 1x1x1 convolutions most (e.g. slow res2 ``c``: 135 ms NCDHW -> 40 ms
-NDHWC). PyTorch's eager dispatch sends small Fast-pathway convolutions at batch 1 (``N*C*T*H <= 20480``, e.g.
-fast res2/res3 ``b`` and the first fusion) to its reference kernel, 5-10x slower than oneDNN; calling oneDNN
-directly removes that.
-
-On other devices (and for reduced precision) the folded convolutions run as plain ``F.conv3d`` on
-channels-last activations under ``torch.autocast(dtype)``.
+``optimize_for_inference(model)`` returns a model with the same forward, ``([slow, fast], boxes (K,5)) ->
+(K, num_classes)`` probabilities, equal within float32 rounding: BatchNorm folded into the convolutions; on CPU
+in float32, oneDNN convolutions on channels-last (NDHWC) activations with ReLU and the residual addition fused
+(in place), weights packed once per input shape, Winograd F(4x4, 3x3) for wide 1x3x3 convolutions
+(``models/winograd.py``) and 2-D stem pools; on other devices and precisions, plain folded convolutions under
+autocast. The layer policy and the measurements behind it are in ``docs/internals.md``.
 """
 import contextlib
 import copy as copy_module
