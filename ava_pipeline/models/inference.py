@@ -344,9 +344,10 @@ def optimize_for_inference(model: nn.Module, *, device="cpu", dtype: Optional[to
 
     ``model`` is left untouched (the rewrite works on a deep copy, put in eval mode). ``device`` is where the
     copy runs; ``dtype`` (``torch.float16`` / ``torch.bfloat16``) enables autocast, ``None`` keeps float32,
-    which on CPU uses the fused oneDNN path (when ``onednn_usable()``; else ``F.conv3d``). Returns an ``InferenceModel`` with the model's forward signature
-    ``([slow, fast], boxes (K,5)) -> (K, num_classes)``; its float32 CPU outputs equal the eager model's
-    within float32 rounding. Raises ``ConfigError`` when a BatchNorm3d cannot be folded (unknown structure).
+    which on CPU uses the fused oneDNN path (when ``onednn_usable()``; else ``F.conv3d``). Returns an
+    ``InferenceModel`` with the model's forward signature ``([slow, fast], boxes (K,5)) -> (K, num_classes)``;
+    its float32 CPU outputs equal the eager model's within float32 rounding. Raises ``ConfigError`` when a
+    BatchNorm3d cannot be folded (unknown structure).
     """
     device = torch.device(device)
     if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):

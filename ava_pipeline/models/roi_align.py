@@ -18,8 +18,8 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, resolution: int, spat
     ``features`` (N, C, h, w) float, any memory format; ``boxes`` (K, 5) ``[batch_index, x1, y1, x2, y2]`` in
     input pixels (``spatial_scale`` = feature size / input size, e.g. 1/16); ``aligned`` shifts the box by
     half a feature cell (torchvision's ``aligned=True``; ``False`` also widens boxes to at least one cell).
-    Returns (K, C, resolution, resolution) in ``features``' dtype (channels-last); computed in float32 at least, outside
-    autocast.
+    Returns (K, C, resolution, resolution) in ``features``' dtype, channels-last; computed in at least float32,
+    outside autocast.
     """
     dtype = features.dtype
     # Box geometry in float32 with torchvision's order of operations, so that the sample grid (its size is a
