@@ -98,6 +98,7 @@ def test_unknown_config_suggests_a_name():
         load_action_model("SLOWFAST_32x2_R101_50")
 
 
+@pytest.mark.subprocess
 def test_package_names_are_lazy_visible_and_torch_free_until_used():
     code = ("import sys, ava_pipeline; names = dir(ava_pipeline); "
             "assert {'ActionDetector', 'load_action_model', 'evaluate', 'build_detector', 'KeyframeResult'} <= "

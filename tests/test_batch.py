@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,85 +26,9 @@ from ava_pipeline.errors import ConfigError, DependencyMissingError, InputFormat
 from ava_pipeline.pipeline import ActionDetector
 from ava_pipeline.writers import write_csv
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import (  # noqa: E402
-    damaged_tail, textured_frames, write_boxes, write_lossless_video, write_tiny_model)
-
-REPO = Path(__file__).resolve().parent.parent
-VIDEO_FRAMES = {"a": 75, "b": 105, "season1/c": 60, "season1/d": 90}
-"""Output name -> frame count of the good test videos (30 fps, 80x60, lossless); longest first is b, d, a, c."""
-FAILING = ("corrupt", "fake")
-
-
-def make_batch_inputs(folder: Path) -> dict:
-    """A tiny model, the :data:`VIDEO_FRAMES` videos under ``folder/movies`` and a box file for them, plus
-    ``corrupt.mkv`` (a truncated video), ``fake.mp4`` (text) and ``notes.txt`` (not named like a video)."""
-    config, weights = write_tiny_model(folder / "model")
-    movies = folder / "movies"
-    rows = []
-    for seed, (name, frames) in enumerate(VIDEO_FRAMES.items()):
-        path = movies / f"{name}.mkv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_lossless_video(path, textured_frames(frames, seed=seed))
-        stem = Path(name).name
-        rows += [(stem, 1, "0.100", "0.150", "0.500", "0.950", 0.95),
-                 (stem, 2, "0.400", "0.100", "0.900", "0.900", 0.9)]
-        if frames > 90:
-            rows.append((stem, 3, "0.050", "0.050", "0.300", "0.600", 0.8))
-    rows += [("corrupt", 1, "0.1", "0.1", "0.5", "0.5", 0.9), ("fake", 1, "0.1", "0.1", "0.5", "0.5", 0.9)]
-    boxes = folder / "boxes.csv"
-    write_boxes(boxes, rows)
-    (movies / "corrupt.mkv").write_bytes((movies / "a.mkv").read_bytes()[:600])
-    (movies / "fake.mp4").write_text("this is not a video\n")
-    (movies / "notes.txt").write_text("not a video either, and not named like one\n")
-    settings = dict(config=str(config), weights=str(weights), boxes=str(boxes), device="cpu")
-    cli_model = ["--config", str(config), "--weights", str(weights), "--boxes", str(boxes)]
-    return {"folder": folder, "movies": movies, "settings": settings, "cli_model": cli_model}
-
-
-def csv_files(folder: Path) -> dict:
-    """Relative path -> bytes of every CSV under ``folder``."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.csv")) if p.is_file()}
-
-
-def temporaries(folder: Path) -> list:
-    return [p for p in folder.rglob("*") if ".tmp" in p.name]
-
-
-def read_manifest(folder: Path) -> dict:
-    return json.loads((folder / MANIFEST_NAME).read_text())
-
-
-def manifest_statuses(folder: Path) -> set:
-    """The statuses the manifest of ``folder`` records now (empty before the batch saved one)."""
-    if not (folder / MANIFEST_NAME).exists():
-        return set()
-    return {entry["status"] for entry in read_manifest(folder)["videos"].values()}
-
-
-def detect_subprocess(inputs: dict, out: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "ava_pipeline.cli.detect", str(inputs["movies"]), "--out",
-                             str(out), *inputs["cli_model"], "--quiet", *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=new_session)
-
-
-def kill_after_first_output(process: subprocess.Popen, out: Path, timeout_s: float = 120) -> None:
-    """SIGKILL ``process`` once its manifest records a finished video while another one is running.
-
-    The manifest, not the CSV files, is the signal: a CSV's temporary file (``.a.<id>.tmp.csv``) exists while
-    it is written, and a renamed CSV precedes the manifest entry that makes it count as done on resume.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline, "no video was recorded as done"
-        if {"done", "running"} <= manifest_statuses(out):
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
+from tests.batch_fixtures import (FAILING, VIDEO_FRAMES, csv_files, detect_subprocess, kill_after_first_output,
+                                  make_batch_inputs, manifest_statuses, read_manifest, temporaries)
+from tests.pipeline_fixtures import damaged_tail
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
@@ -122,6 +45,7 @@ def reference(inputs, tmp_path_factory):
     return out, status, stderr.getvalue()
 
 
+@pytest.mark.subprocess
 def test_batch_writes_every_good_video_records_failures_and_exits_1(inputs, reference):
     out, status, stderr = reference
     assert status == 1
@@ -154,6 +78,7 @@ def test_batch_writes_every_good_video_records_failures_and_exits_1(inputs, refe
     assert not temporaries(out)
 
 
+@pytest.mark.subprocess
 def test_two_workers_give_identical_bytes_and_a_rerun_skips_everything(inputs, reference, tmp_path):
     out = tmp_path / "out"
     summary = run_batch(find_videos([inputs["movies"]]), out, detector_settings=inputs["settings"], workers=2,
@@ -168,6 +93,7 @@ def test_two_workers_give_identical_bytes_and_a_rerun_skips_everything(inputs, r
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} == before
 
 
+@pytest.mark.subprocess
 def test_an_output_path_taken_by_a_folder_fails_that_video_only(inputs, reference, tmp_path):
     out = tmp_path / "out"
     (out / "b.csv").mkdir(parents=True)
@@ -179,6 +105,7 @@ def test_an_output_path_taken_by_a_folder_fails_that_video_only(inputs, referenc
     assert csv_files(out) == expected and (out / "b.csv").is_dir()
 
 
+@pytest.mark.subprocess
 def test_damaged_video_keeps_its_keyframes_before_the_damage_and_is_retried(inputs, reference, tmp_path):
     movies = tmp_path / "movies"
     movies.mkdir()
@@ -199,6 +126,7 @@ def test_damaged_video_keeps_its_keyframes_before_the_damage_and_is_retried(inpu
     assert (again.done, again.failed, again.skipped) == (0, 1, 1)
 
 
+@pytest.mark.subprocess
 def test_rerun_redoes_tampered_interrupted_and_leftover_outputs(inputs, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
@@ -214,6 +142,7 @@ def test_rerun_redoes_tampered_interrupted_and_leftover_outputs(inputs, referenc
     assert not temporaries(out)
 
 
+@pytest.mark.subprocess
 def test_killed_batch_resumes_with_identical_bytes(inputs, reference, tmp_path):
     out = tmp_path / "out"
     process = detect_subprocess(inputs, out, "--workers", "1")
@@ -226,6 +155,7 @@ def test_killed_batch_resumes_with_identical_bytes(inputs, reference, tmp_path):
     assert not temporaries(out)
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_stops_the_batch_with_one_line(inputs, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the driver reports, workers stay quiet."""
     out = tmp_path / "out"
@@ -270,6 +200,7 @@ class CrashingProcessor(VideoProcessor):
         return super().__call__(task)
 
 
+@pytest.mark.subprocess
 def test_dead_worker_is_replaced_and_its_video_retried_a_bounded_number_of_times(inputs, reference, tmp_path,
                                                                                capsys):
     out = tmp_path / "out"
@@ -342,6 +273,7 @@ class OtherWeightsWork(DetectionWork):
         return {**super().fingerprint(), "weights_sha256": "0" * 64}
 
 
+@pytest.mark.subprocess
 def test_worker_with_other_model_than_the_driver_stops_the_batch(inputs, tmp_path):
     videos = [(inputs["movies"] / "a.mkv", "a")]
     with pytest.raises(ConfigError, match=r"its model differs from the driver's in \['weights_sha256'\]"):

@@ -1,11 +1,10 @@
 """The Ray engine on a local 2-CPU cluster: same bytes as the local engine, dead actors replaced, resume.
 
 One Ray instance serves the whole module (starting one costs seconds); the actors run the real
-ActionDetector on the tiny model of test_batch.py.
+ActionDetector on the tiny model of batch_fixtures.py.
 """
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,13 +13,11 @@ import pytest
 
 from ava_pipeline.batch import run_batch
 from ava_pipeline.cli.detect import find_videos
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_batch import (  # noqa: E402
-    FAILING, csv_files, detect_subprocess, kill_after_first_output, make_batch_inputs, manifest_statuses, read_manifest,
-    temporaries)
+from tests.batch_fixtures import (FAILING, csv_files, detect_subprocess, kill_after_first_output, make_batch_inputs,
+                                  manifest_statuses, read_manifest, temporaries)
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

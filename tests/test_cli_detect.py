@@ -1,17 +1,13 @@
 """ava-detect: exit codes, one-line errors, output formats, rendering, video discovery."""
 import json
-import sys
-from pathlib import Path
 
 import av
 import pytest
 
 from ava_pipeline.cli.detect import find_videos, main
 from ava_pipeline.errors import VideoDecodeError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import (  # noqa: E402
-    textured_frames, write_boxes, write_damaged_movie, write_lossless_video, write_tiny_model)
+from tests.pipeline_fixtures import (textured_frames, write_boxes, write_damaged_movie, write_lossless_video,
+                                     write_tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +67,7 @@ def test_min_score_prunes_and_jsonl_holds_one_object_per_keyframe(setup, tmp_pat
     assert sum(len(p["actions"]) for r in records for p in r["persons"]) == len(kept)
 
 
+@pytest.mark.subprocess
 def test_a_batch_output_folder_named_jsonl_still_gets_csv_files(setup, tmp_path):
     out = tmp_path / "results.jsonl"
     assert main([str(setup["folder"]), *setup["model"], "--boxes", str(setup["boxes"]), "--out", str(out),

@@ -59,6 +59,7 @@ def rows_in_order(boxes, scores):
 
 # ------------------------------------------------------------------------------------------- torchvision
 
+@pytest.mark.real_size
 @pytest.mark.parametrize("name, frozen_batch_norm", [("fasterrcnn_mobilenet_v3_large_fpn", True),
                                                       ("fasterrcnn_resnet50_fpn", True)])
 def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name, frozen_batch_norm, tmp_path,
@@ -100,6 +101,7 @@ def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name
     assert fingerprint["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
+@pytest.mark.real_size
 def test_min_box_size_and_max_detections_reach_the_torchvision_detector(tmp_path):
     name = "fasterrcnn_mobilenet_v3_large_fpn"
     weights = tmp_path / "detector.pth"

@@ -122,6 +122,7 @@ def test_outputs_never_overwrite_inputs_and_a_bad_plot_type_is_one_line(inputs, 
     assert not list(tmp_path.glob("m.png*")) and not list(tmp_path.glob("ap.*"))
 
 
+@pytest.mark.subprocess
 def test_importing_the_evaluator_does_not_import_torch():
     code = ("import sys, ava_pipeline.evaluation, ava_pipeline.cli.evaluate; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")

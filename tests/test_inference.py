@@ -71,6 +71,7 @@ def test_fast_path_matches_eager_on_tiny_models(options):
     assert_same_probabilities(options, 64, 96)
 
 
+@pytest.mark.real_size
 def test_fast_path_matches_eager_on_real_size_r50_at_small_input():
     assert_same_probabilities(dict(depth=50), 32, 48)
 

@@ -77,6 +77,7 @@ def test_grid_matches_recorded_ffmpeg_frames(videos, name):
     assert grid_indices(videos / name)[:len(expected)] == expected
 
 
+@pytest.mark.subprocess
 @needs_ffmpeg
 @pytest.mark.parametrize("name", sorted(VIDEOS))
 def test_grid_and_clips_match_ffmpeg_extraction(videos, name):
@@ -148,6 +149,7 @@ def test_rotated_video_comes_out_upright(tmp_path, display_rotation, clockwise, 
         np.testing.assert_array_equal(clip.keyframe_image, upright)
 
 
+@pytest.mark.slow
 def test_ring_stays_bounded(tmp_path):
     path = tmp_path / "long.mkv"
     write_index_video(path, 300, size=(32, 24))

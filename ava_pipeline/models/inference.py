@@ -9,6 +9,7 @@ autocast. The layer policy and the measurements behind it are in ``docs/internal
 """
 import contextlib
 import copy as copy_module
+import logging
 from typing import Optional
 
 import torch
@@ -20,8 +21,10 @@ from ava_pipeline.models import winograd
 
 CHANNELS_LAST = torch.channels_last_3d
 
+log = logging.getLogger(__name__)
+
 __all__ = ["FoldedConv3d", "FrameMaxPool", "FusedBottleneckBlock", "FusedNonLocal", "InferenceModel",
-           "optimize_for_inference"]
+           "onednn_usable", "optimize_for_inference"]
 
 
 @torch.no_grad()
@@ -264,6 +267,49 @@ def _rewrite(module: nn.Module, prefix: str, use_onednn: bool) -> None:
             _rewrite(child, f"{name}.", use_onednn)
 
 
+_onednn_usable: Optional[bool] = None  # onednn_usable()'s answer, once per process
+
+
+def onednn_usable() -> bool:
+    """Whether this torch has the private oneDNN ops ``FoldedConv3d`` calls on CPU float32 and they give
+    ``F.conv3d``'s values on a tiny case (with ReLU, with and without the in-place residual).
+
+    Probed once per process. When they are missing or differ, one warning is logged and the fast path runs
+    its convolutions through ``F.conv3d`` instead (BatchNorm still folded; no Winograd).
+    """
+    global _onednn_usable
+    if _onednn_usable is None:
+        problem = _onednn_problem()
+        if problem:
+            log.warning("fast inference path: torch %s %s; using F.conv3d instead of oneDNN (slower on CPU, "
+                        "same values)", torch.__version__, problem)
+        _onednn_usable = problem is None
+    return _onednn_usable
+
+
+@torch.no_grad()
+def _onednn_problem() -> Optional[str]:
+    """None when the oneDNN path equals the plain path on a tiny convolution, else what went wrong."""
+    if not torch.backends.mkldnn.is_available():
+        return "is built without oneDNN"
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv3d(3, 4, (1, 3, 3), padding=(0, 1, 1))
+    for tensor in conv.parameters():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    x = torch.randn(1, 3, 2, 5, 6, generator=generator)
+    residual = torch.randn(1, 4, 2, 5, 6, generator=generator).contiguous(memory_format=CHANNELS_LAST)
+    onednn = FoldedConv3d(conv, None, relu=True, use_onednn=True)
+    plain = FoldedConv3d(conv, None, relu=True, use_onednn=False)
+    try:
+        got = [onednn(x), onednn(x, residual=residual.clone())]
+    except Exception as error:  # a private op renamed, removed or with another signature
+        return f"cannot run the private oneDNN convolution ops ({type(error).__name__}: {error})"
+    expected = [plain(x), plain(x, residual=residual.clone())]
+    if not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, expected)):
+        return "gives other values from the private oneDNN convolution ops than from F.conv3d"
+    return None
+
+
 def optimize_for_inference(model: nn.Module, *, device: str | torch.device = "cpu",
                            dtype: Optional[torch.dtype] = None, copy: bool = True) -> InferenceModel:
     """A faster inference copy of a PySlowFast-structured SlowFast / Slow-only AVA model.
@@ -272,17 +318,17 @@ def optimize_for_inference(model: nn.Module, *, device: str | torch.device = "cp
     rewrites ``model`` itself (it is then only usable through the result: no second copy of the weights).
     The result keeps ``model.config`` and ``model.weights_sha256`` when those exist. ``device`` is where the
     copy runs; ``dtype`` (``torch.float16`` / ``torch.bfloat16``) enables autocast, ``None`` keeps float32,
-    which on CPU uses the fused oneDNN path. Returns an ``InferenceModel`` with the model's forward signature
-    ``([slow, fast], boxes (K,5)) -> (K, num_classes)``; its float32 CPU outputs equal the eager model's
-    within float32 rounding. Raises ``ConfigError`` when a BatchNorm3d cannot be folded (unknown structure).
+    which on CPU uses the fused oneDNN path (when ``onednn_usable()``; else ``F.conv3d``). Returns an
+    ``InferenceModel`` with the model's forward signature ``([slow, fast], boxes (K,5)) -> (K, num_classes)``;
+    its float32 CPU outputs equal the eager model's within float32 rounding. Raises ``ConfigError`` when a
+    BatchNorm3d cannot be folded (unknown structure).
     """
     device = torch.device(device)
     if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
         raise ConfigError(f"optimize_for_inference: dtype={dtype} is not supported; "
                           "use None (float32), torch.float16 or torch.bfloat16")
     dtype = None if dtype == torch.float32 else dtype
-    use_onednn = (device.type == "cpu" and dtype is None and torch.backends.mkldnn.is_available()
-                  and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    use_onednn = device.type == "cpu" and dtype is None and onednn_usable()
     fast = (copy_module.deepcopy(model) if copy else model).eval()
     _rewrite(fast, "", use_onednn)
     unfolded = [name for name, m in fast.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -18,9 +18,9 @@ offset: PySlowFast's ``*_SHORT`` configs use ``True``, all of its ``c2/`` config
 """
 import torch
 from torch import nn
-from torchvision.ops import roi_align
 
 from ava_pipeline.errors import InputFormatError
+from ava_pipeline.models.roi_align import roi_align
 
 
 class RoIHead(nn.Module):
@@ -59,8 +59,7 @@ class RoIHead(nn.Module):
         pooled = []
         for x in features:
             x = _temporal_mean(x)
-            x = roi_align(x, boxes.to(x.dtype), (self.roi_resolution, self.roi_resolution), self.spatial_scale,
-                          sampling_ratio=0, aligned=self.aligned)
+            x = roi_align(x, boxes, self.roi_resolution, self.spatial_scale, aligned=self.aligned)
             pooled.append(x.amax(dim=(2, 3)))
         x = torch.cat(pooled, dim=1)
         return self.act(self.projection(self.dropout(x)))

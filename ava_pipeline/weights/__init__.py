@@ -6,28 +6,29 @@
   Caffe2 ``.pkl``, PyTorchVideo ``.pyth``), with keys renamed to PySlowFast's by ``keymaps``;
 * ``loading``: ``load_state_dict_into`` with grouped reports of missing / unexpected / mis-shaped keys.
 
-Names are imported on first use, so that the zoo (e.g. for ``--help``) is readable without importing torch.
+The zoo and the download cache are torch-free and imported at once; the torch parts are imported on first use,
+so that the zoo (e.g. for ``--help``) is readable without importing torch.
 """
 from importlib import import_module
 from typing import TYPE_CHECKING
+
+from ava_pipeline.weights.download import cache_dir, download  # binds the function over the submodule's name
+from ava_pipeline.weights.zoo import DEFAULT_MODEL, ZOO, ZooModel, get_zoo_model, zoo_names
 
 _LAZY = {
     "Checkpoint": "formats", "detect_format": "formats", "read_checkpoint": "formats",
     "caffe2_to_pyslowfast": "keymaps", "pytorchvideo_to_pyslowfast": "keymaps",
     "LoadReport": "loading", "check_state_dict": "loading", "load_state_dict_into": "loading",
     "summarize_keys": "loading",
-    "DEFAULT_MODEL": "zoo", "ZOO": "zoo", "ZooModel": "zoo", "get_zoo_model": "zoo", "zoo_names": "zoo",
-    "cache_dir": "download", "download": "download",
 }
 
-__all__ = sorted([*_LAZY, "sha256_of"])
+__all__ = sorted([*_LAZY, "sha256_of", "cache_dir", "download", "DEFAULT_MODEL", "ZOO", "ZooModel", "get_zoo_model",
+                  "zoo_names"])
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ava_pipeline.weights.download import cache_dir, download
     from ava_pipeline.weights.formats import Checkpoint, detect_format, read_checkpoint
     from ava_pipeline.weights.keymaps import caffe2_to_pyslowfast, pytorchvideo_to_pyslowfast
     from ava_pipeline.weights.loading import LoadReport, check_state_dict, load_state_dict_into, summarize_keys
-    from ava_pipeline.weights.zoo import DEFAULT_MODEL, ZOO, ZooModel, get_zoo_model, zoo_names
 
 
 def __getattr__(name: str):
