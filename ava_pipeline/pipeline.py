@@ -166,7 +166,8 @@ class ActionDetector:
     runs through :func:`ava_pipeline.models.inference.optimize_for_inference` (BatchNorm folded, fused oneDNN
     convolutions on CPU; equal to the eager model within float32 rounding) unless ``fast=False``; only that
     copy is kept. ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is very slow on
-    CPUs without native support).
+    CPUs without native support). ``persons_only=True`` runs the person detector alone (no action model is
+    loaded; only the keyframes are decoded): results carry boxes and box scores with no action columns.
 
     :attr:`settings` returns the constructor's arguments and :meth:`from_settings` rebuilds an equal detector
     from them (what pickling does, e.g. for a worker process): names and paths travel as they are, objects as
@@ -180,11 +181,12 @@ class ActionDetector:
                  weights: Optional[str | Path] = None, detector: "str | PersonDetector | None" = None,
                  boxes: Optional[str | Path] = None, box_thresh: Optional[float] = None,
                  detector_options: Optional[dict] = None, keyframes: Any = None, device: str = "cpu",
-                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32"):
+                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32",
+                 persons_only: bool = False):
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
-                              fast=fast, precision=precision)
+                              fast=fast, precision=precision, persons_only=persons_only)
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and not fast:
@@ -195,6 +197,9 @@ class ActionDetector:
             raise ConfigError(f"box_thresh must be in [0, 1], got {box_thresh}")
         if keyframes is not None:
             _keyframe_list(keyframes)
+        if persons_only and (weights is not None or boxes is not None):
+            raise ConfigError(f"persons_only runs the person detector alone; drop {'weights' if weights else 'boxes'}="
+                              f"{str(weights or boxes)!r} (precomputed boxes are proposals already)")
 
         import torch
 
@@ -206,8 +211,10 @@ class ActionDetector:
         self.box_thresh = self.config.box_thresh if box_thresh is None else float(box_thresh)
         self.detector = self._person_detector(detector, boxes, box_thresh, self._settings["detector_options"])
         self.detector_backend = getattr(self.detector, "backend", type(self.detector).__name__)
-        self.model = load(fast, getattr(torch, PRECISIONS[precision]))
-        """The action model :meth:`stream` runs: the fast inference copy (``fast=True``) or the eager model."""
+        self.persons_only = persons_only
+        self.model = None if persons_only else load(fast, getattr(torch, PRECISIONS[precision]))
+        """The action model :meth:`stream` runs: the fast inference copy (``fast=True``) or the eager model
+        (None with ``persons_only``)."""
         _return_freed_memory()
         self.timings = StageTimings()
         """Cumulative over every stream of this detector."""
@@ -313,6 +320,7 @@ class ActionDetector:
             "detector": _detector_fingerprint(self.detector),
             "decoder": decoder_version(),
             "settings": {"keyframes": _plain(self.keyframes), "box_thresh": self.box_thresh,
+                         "persons_only": self.persons_only,
                          "precision": self._settings["precision"],
                          "num_frames": self.config.model.num_frames,
                          "sampling_rate": self.config.model.sampling_rate, "alpha": self.config.model.alpha,
@@ -376,8 +384,11 @@ class ActionDetector:
                 expected = len(schedule if schedule is not None
                                else keyframe_schedule(None, reader.metadata.duration_s))
                 model_cfg = self.config.model
-                clips = iter_clips(reader, schedule, num_frames=model_cfg.num_frames,
-                                   sampling_rate=model_cfg.sampling_rate, fps=self.config.data.fps)
+                # persons only: the keyframe and the frame before it, the smallest clip iter_clips cuts
+                num_frames, sampling_rate = (2, 1) if self.persons_only else (model_cfg.num_frames,
+                                                                             model_cfg.sampling_rate)
+                clips = iter_clips(reader, schedule, num_frames=num_frames, sampling_rate=sampling_rate,
+                                   fps=self.config.data.fps)
                 prepared = _Prefetcher(lambda: self._prepare_clips(clips, path.stem, local), depth=self.prefetch)
                 try:
                     yield from self._detect_actions(prepared, path.stem, expected, local)
@@ -415,7 +426,7 @@ class ActionDetector:
                                                timestamps=[clip.keyframe_s])[0]
                 timings.detect += time.perf_counter() - start
             inputs = None
-            if persons is None or len(persons.boxes):
+            if not self.persons_only and (persons is None or len(persons.boxes)):
                 start = time.perf_counter()
                 inputs, _ = preprocess_clip(clip.frame_list, np.zeros((0, 4), np.float32),
                                             test_size=data.test_crop_size, mean=data.mean, std=data.std,
@@ -457,9 +468,10 @@ class ActionDetector:
                 pts_time=float(prepared.keyframe_pts_time), image_size=(width, height),
                 boxes=boxes, box_strings=_box_strings(persons),
                 box_scores=np.asarray(persons.scores, dtype=np.float32).reshape(-1),
-                probs=np.zeros((0, self.config.model.num_classes), dtype=np.float32),
+                probs=np.zeros((len(boxes) if self.persons_only else 0,
+                                0 if self.persons_only else self.config.model.num_classes), dtype=np.float32),
                 keyframe_image=prepared.keyframe_image))
-            if len(boxes):
+            if len(boxes) and not self.persons_only:
                 item.inputs = prepared.inputs
                 item.boxes_px = boxes_to_input_pixels(boxes, width, height, test_size)
                 waiting_persons += 1

@@ -39,8 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 DETECTION_COLUMNS = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 """Columns of the detections CSV (no header in the file) and of :meth:`ActionDetector.__call__`'s frame."""
 
-OUTPUT_SUFFIXES = {"csv": ".csv", "jsonl": ".jsonl"}
-"""File suffix of each ``--format``."""
+OUTPUT_SUFFIXES = {"csv": ".csv", "jsonl": ".jsonl", "proposals": ".csv"}
+"""File suffix of each ``--format`` (``proposals``: person boxes only, the AVA box-file rows of ``--boxes``)."""
 
 
 # ------------------------------------------------------------------------------------------- atomic files
@@ -92,6 +92,14 @@ def detection_rows(result: "KeyframeResult", min_score: Optional[float] = None) 
         for column in _kept_columns(scores, min_score):
             yield [result.video_id, timestamp, *texts, str(action_id_of_column(int(column))),
                    f"{float(scores[column]):.6f}"]
+
+
+def proposal_rows(result: "KeyframeResult") -> Iterator[list[str]]:
+    """AVA box-file rows of one keyframe, one per person box: ``video_id,timestamp,x1,y1,x2,y2,,score`` (the
+    format ``--boxes`` and ``ava-train --proposals`` read; the action column stays empty)."""
+    timestamp = format_seconds(result.timestamp)
+    for texts, score in zip(box_texts(result), result.box_scores):
+        yield [result.video_id, timestamp, *texts, "", f"{float(score):.6f}"]
 
 
 def write_csv(results: Iterable["KeyframeResult"], path: str | Path, *,
@@ -212,6 +220,15 @@ class CsvSink(_FileSink):
         return len(rows)
 
 
+class ProposalsSink(CsvSink):
+    """Person-box CSV (see :func:`proposal_rows`); ``min_score`` does not apply (the rows carry no actions)."""
+
+    def _write(self, result) -> int:
+        rows = list(proposal_rows(result))
+        self._writer.writerows(rows)
+        return len(rows)
+
+
 class JsonlSink(_FileSink):
     """One JSON object per keyframe (see :func:`keyframe_record`)."""
 
@@ -221,8 +238,8 @@ class JsonlSink(_FileSink):
 
 
 def open_output_sink(path: str | Path, output_format: str, *, min_score: Optional[float] = None) -> _FileSink:
-    """The sink writing ``output_format`` (``csv`` or ``jsonl``) to ``path``."""
-    sinks = {"csv": CsvSink, "jsonl": JsonlSink}
+    """The sink writing ``output_format`` (one of :data:`OUTPUT_SUFFIXES`) to ``path``."""
+    sinks = {"csv": CsvSink, "jsonl": JsonlSink, "proposals": ProposalsSink}
     if output_format not in sinks:
         raise ValueError(f"unknown output format {output_format!r}; use one of {sorted(sinks)}")
     return sinks[output_format](path, min_score=min_score)

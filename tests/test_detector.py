@@ -12,35 +12,13 @@ import torchvision
 from ava_pipeline.detector import (DETECTRON2_INSTALL, PersonBoxes, build_detector, build_torchvision_model,
                                    fetch_torchvision_weights, read_person_boxes, select_persons)
 from ava_pipeline.errors import ConfigError, DependencyMissingError, InputFormatError, WeightsError
+from tests.detector_fixtures import SMALL, keyframe_images, random_torchvision_model
 
 try:
     import detectron2  # noqa: F401
     HAVE_DETECTRON2 = True
 except ImportError:
     HAVE_DETECTRON2 = False
-
-SMALL = {"min_size": 64, "max_size": 96}
-"""Input resize of the test models (torchvision's default is 800 / 1333): keeps every forward pass fast."""
-
-
-def keyframe_images():
-    rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)]
-
-
-def random_torchvision_model(name: str, seed: int = 0):
-    """torchvision's untrained ``name`` with a raised person logit, so that noise images give persons with
-    varied scores (MobileNet's default init lets their features vanish, hence He init of its convolutions)."""
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model_builder(name)(weights=None, weights_backbone=None, num_classes=91, **SMALL)
-    with torch.no_grad():
-        if "mobilenet" in name:
-            for module in model.backbone.body.modules():
-                if isinstance(module, torch.nn.Conv2d):
-                    torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-        model.roi_heads.box_predictor.cls_score.bias[1] += 5.0
-    return model.eval()
-
 
 def contract_holds(persons: PersonBoxes, score_thresh: float) -> None:
     assert persons.boxes.dtype == np.float32 and persons.boxes.shape == (len(persons), 4)

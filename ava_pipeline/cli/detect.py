@@ -130,9 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
     parser.add_argument("--format", dest="output_format", choices=tuple(OUTPUT_SUFFIXES),
-                        help="csv: AVA rows per box and action; jsonl: one object per keyframe (default: jsonl "
-                        "for an --out file ending .jsonl, else csv)")
+                        help="csv: AVA rows per box and action; jsonl: one object per keyframe; proposals: AVA "
+                        "box rows per person (default: jsonl for an --out file ending .jsonl, else csv; "
+                        "proposals with --persons-only)")
     parser.add_argument("--min-score", type=probability, metavar="F", help="omit actions scored below F")
+    parser.add_argument("--persons-only", action="store_true",
+                        help="run the person detector alone and write its boxes as AVA proposal rows "
+                        "(video_id,timestamp,x1,y1,x2,y2,,score: the format of --boxes and ava-train --proposals)")
     parser.add_argument("--render", type=Path, metavar="DIR",
                         help="also write an annotated mp4 per video and a PNG per keyframe into DIR")
     parser.add_argument("--engine", choices=ENGINES, default="local",
@@ -203,15 +207,16 @@ def detector_settings(args: argparse.Namespace) -> dict:
                if value is not None}
     return dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
                 boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
-                batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision)
+                batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision,
+                persons_only=args.persons_only)
 
 
 def _check_usage(args: argparse.Namespace) -> None:
-    if args.boxes is not None and args.detector not in (None, "precomputed"):
-        raise UsageError(f"--boxes {args.boxes} gives precomputed boxes but --detector is {args.detector}; "
-                         "drop one of them")
-    if args.detector == "precomputed" and args.boxes is None:
-        raise UsageError("--detector precomputed needs --boxes CSV")
+    if args.persons_only:
+        given = [option for option, value in (("--boxes", args.boxes), ("--weights", args.weights),
+                                              ("--min-score", args.min_score)) if value is not None]
+        if given:
+            raise UsageError(f"--persons-only runs the person detector alone; drop {' and '.join(given)}")
     if args.boxes is not None and not Path(args.boxes).is_file():
         raise UsageError(f"{args.boxes}: box file not found")
     for option, path in (("--weights", args.weights), ("--detector-weights", args.detector_weights)):
@@ -405,6 +410,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output_format is None:  # one video's output file named .jsonl gets JSONL; anything else CSV
         jsonl = single and args.out.suffix.lower() == ".jsonl" and not args.out.is_dir()
         args.output_format = "jsonl" if jsonl else "csv"
+    if args.persons_only and args.output_format == "csv":
+        args.output_format = "proposals"
     _check_outputs(args, videos, single)
     if single:
         return _run_single(args, videos[0][0])
