@@ -41,7 +41,8 @@ class KeyframeResult:
     ``boxes`` float32 (K, 4) are normalized ``x1, y1, x2, y2`` in [0, 1] of the keyframe image (top-left
     origin), as the detector gave them; ``box_strings`` holds the box file's original coordinate text per box
     for precomputed boxes (written verbatim to the CSV), else None. ``box_scores`` float32 (K,) are the
-    detector scores. ``probs`` float32 (K, 80): column ``c`` is the probability of AVA action id ``c + 1``.
+    detector scores. ``probs`` float32 (K, C): column ``c`` is the probability of action id ``action_ids[c]``
+    (AVA's 80 actions: ``c + 1``; a model trained on its own label map: that map's ids in file order).
     ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
     """
 
@@ -57,6 +58,7 @@ class KeyframeResult:
     box_scores: np.ndarray
     probs: np.ndarray
     keyframe_image: np.ndarray = field(repr=False)
+    action_ids: tuple[int, ...] = ()  # action id of each probs column; empty: column c is id c + 1
 
     @property
     def num_persons(self) -> int:
@@ -230,6 +232,7 @@ class ActionDetector:
         import torch
 
         from .api import load_action_model
+        from .config import model_action_ids
         from .detector import build_detector
         from .models.inference import optimize_for_inference
         from .weights import DEFAULT_MODEL
@@ -241,6 +244,8 @@ class ActionDetector:
         self.keyframes = keyframes
         self.model = load_action_model(self.model_source, weights=weights, device=self.device)
         self.config = self.model.config
+        self.action_ids = model_action_ids(self.config)
+        """Action id of each output column of the model (its config's label map)."""
         dtype = getattr(torch, PRECISIONS[precision])
         self.runtime_model = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
                               else self.model)
@@ -425,7 +430,7 @@ class ActionDetector:
                 boxes=boxes, box_strings=_box_strings(persons),
                 box_scores=np.asarray(persons.scores, dtype=np.float32).reshape(-1),
                 probs=np.zeros((0, self.config.model.num_classes), dtype=np.float32),
-                keyframe_image=prepared.keyframe_image))
+                keyframe_image=prepared.keyframe_image, action_ids=self.action_ids))
             if len(boxes):
                 item.inputs = prepared.inputs
                 item.boxes_px = boxes_to_input_pixels(boxes, width, height, test_size)
