@@ -1,0 +1,175 @@
+"""Frame store: the clip frames training needs, decoded once per video, read back in any order, bit-exactly.
+
+:mod:`ava_pipeline.video` decodes front to back only, while training visits keyframes in random order. So
+:meth:`FrameStore.prepare` runs :func:`~ava_pipeline.video.iter_clips` once over a video (the frames the
+inference path gives: same fps grid, same clip indices and clamping, same RGB conversion) and appends
+every grid frame some requested clip uses, once, as raw uint8 RGB to a file; :meth:`VideoFrames.clip`
+then returns any keyframe's (T, H, W, 3) clip from a memory map. Memory stays bounded by the decoder's
+window of one clip; the disk holds ``H * W * 3`` bytes per distinct grid frame used (a 32x2 clip every
+second uses every other grid frame: 15 frames a second at 30 fps).
+
+An entry is keyed by the video file (absolute path, size, modification time), the decoder version, the
+clip settings (fps, frames, sampling rate) and the set of keyframes; a key that differs is another entry,
+and entries of a file whose size or time changed are removed. Entries are written under a temporary name
+and renamed when complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry
+records which keyframes decoding could not produce and why, so a reuse reports them again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..video import VideoTruncatedError, decoder_version, iter_clips
+
+STORE_VERSION = 1
+_INDEX = "index.json"
+_FRAMES = "frames.u8"
+
+
+@dataclass
+class VideoFrames:
+    """The stored clips of one video: ``clip(time)`` -> uint8 (T, H, W, 3) RGB, a fresh array.
+
+    ``lost``: ``{time: reason}`` of requested keyframes that decoding did not produce. Picklable (for
+    DataLoader workers): the memory map is opened on first use in each process.
+    """
+
+    directory: Path
+    shape: tuple
+    clips: dict
+    lost: dict
+    reused: bool
+    _frames: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of stored frames."""
+        return int(np.prod(self.shape)) * self.frame_count
+
+    @property
+    def frame_count(self) -> int:
+        return max((max(rows) + 1 for rows in self.clips.values()), default=0)
+
+    def clip(self, time: Fraction) -> np.ndarray:
+        """The clip of keyframe ``time`` (a requested keyframe not in :attr:`lost`): uint8 (T, H, W, 3) RGB."""
+        if self._frames is None:
+            count = self.frame_count
+            self._frames = np.memmap(self.directory / _FRAMES, dtype=np.uint8, mode="r",
+                                     shape=(count, *self.shape)) if count else np.zeros((0, *self.shape), np.uint8)
+        return self._frames[self.clips[Fraction(time)]]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_frames"] = None
+        return state
+
+
+class FrameStore:
+    """Stored clip frames under ``cache_dir`` (see the module docstring)."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir = Path(cache_dir)
+
+    def prepare(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
+                sampling_rate: int) -> VideoFrames:
+        """The clips of keyframes ``times`` (seconds) of ``video_path``: a valid stored entry, or one decoding
+        pass that stores them.
+
+        Keyframes lost to damage or lying past the end are in the result's ``lost``; a video that cannot be
+        decoded at all raises :class:`~ava_pipeline.errors.VideoDecodeError` (nothing is stored).
+        """
+        video_path = Path(os.path.abspath(video_path))
+        times = sorted({Fraction(t) for t in times})
+        stat = video_path.stat()
+        identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
+                    "num_frames": num_frames, "sampling_rate": sampling_rate}
+        key = {"identity": identity, "settings": settings, "times": [str(t) for t in times]}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", video_id)[:80]
+        entry = self.cache_dir / f"{prefix}-{digest}"
+        stored = _load(entry, key)
+        if stored is not None:
+            return stored
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale(prefix, identity)
+        temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
+        temporary.mkdir()
+        try:
+            index = _decode(video_path, temporary, times, Fraction(fps), num_frames, sampling_rate)
+            index["key"] = key
+            (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
+            try:
+                temporary.rename(entry)
+            except OSError:  # another process stored the same entry meanwhile
+                shutil.rmtree(temporary, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        stored = _load(entry, key)
+        stored.reused = False
+        return stored
+
+    def _remove_stale(self, prefix: str, identity: dict) -> None:
+        """Remove the entries of the same video file made from another version of it (size or time differ)."""
+        for other in self.cache_dir.glob(f"{glob_escape(prefix)}-*"):
+            try:
+                other_identity = json.loads((other / _INDEX).read_text(encoding="utf-8"))["key"]["identity"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if other_identity["path"] == identity["path"] and other_identity != identity:
+                shutil.rmtree(other, ignore_errors=True)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _load(entry: Path, key: dict) -> Optional[VideoFrames]:
+    try:
+        index = json.loads((entry / _INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if index.get("key") != key:
+        return None
+    frames = VideoFrames(entry, tuple(index["shape"]), {Fraction(t): np.asarray(rows, dtype=np.int64)
+                                                          for t, rows in index["clips"].items()},
+                         {Fraction(t): reason for t, reason in index["lost"].items()}, reused=True)
+    try:
+        complete = (entry / _FRAMES).stat().st_size == frames.disk_bytes
+    except OSError:
+        complete = False
+    return frames if complete else None
+
+
+def _decode(video_path: Path, directory: Path, times: list, fps: Fraction, num_frames: int,
+            sampling_rate: int) -> dict:
+    """One decoding pass writing the clips' distinct grid frames to ``directory``; returns the index."""
+    rows: dict[int, int] = {}
+    clips: dict[str, list] = {}
+    lost: dict[str, str] = {}
+    shape = None
+    with open(directory / _FRAMES, "wb") as output:
+        try:
+            for clip in iter_clips(video_path, times, num_frames=num_frames, sampling_rate=sampling_rate, fps=fps):
+                clip_rows = []
+                for grid_index, image in zip(clip.frame_indices, clip.frame_list):
+                    if grid_index not in rows:
+                        shape = shape or list(image.shape)
+                        rows[grid_index] = len(rows)
+                        output.write(np.ascontiguousarray(image).data)
+                    clip_rows.append(rows[grid_index])
+                clips[str(Fraction(clip.keyframe_s))] = clip_rows
+        except VideoTruncatedError as error:
+            lost = {str(Fraction(t)): str(error) for t in error.lost}
+    return {"shape": shape or [0, 0, 3], "clips": clips, "lost": lost}
