@@ -20,7 +20,7 @@ import torch
 from ..errors import VideoDecodeError
 from .frames import FrameStore
 from .samples import SampleSet, TrainingSample
-from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, test_transform,
+from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, inference_transform,
                          train_transform)
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,8 @@ class AvaClipDataset(torch.utils.data.Dataset):
                 done += 1
                 if failure is not None:
                     report.failed_videos[video_id] = failure
-                    logger.warning("%s: dropping all %d keyframes of video %s: %s", self.videos[video_id],
-                                   len(by_video[video_id]), video_id, failure)
+                    logger.warning("dropping all %d keyframes of video %s: %s", len(by_video[video_id]), video_id,
+                                   failure)
                 else:
                     self._frames[video_id] = frames
                     report.decoded += not frames.reused
@@ -158,9 +158,9 @@ class AvaClipDataset(torch.utils.data.Dataset):
                     report.disk_bytes += frames.disk_bytes
                     if frames.lost:
                         lost = sorted(frames.lost)
-                        logger.warning("%s: dropping %d keyframes of video %s (%s): %s", self.videos[video_id],
-                                       len(lost), video_id, ", ".join(str(t) for t in lost[:5]) +
-                                       (", ..." if len(lost) > 5 else ""), frames.lost[lost[0]])
+                        shown = ", ".join(str(t) for t in lost[:5]) + (", ..." if len(lost) > 5 else "")
+                        logger.warning("dropping %d keyframes of video %s (%s): %s", len(lost), video_id, shown,
+                                       frames.lost[lost[0]])
                 if progress is not None:
                     progress(done, len(by_video), video_id)
         finally:
@@ -206,7 +206,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
             inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
                                             alpha=self.alpha, **self.normalisation, **self.pca)
         else:
-            inputs, boxes = test_transform(frames, sample.boxes, test_size=self.test_crop_size, alpha=self.alpha,
+            inputs, boxes = inference_transform(frames, sample.boxes, test_size=self.test_crop_size, alpha=self.alpha,
                                            **self.normalisation)
         return {"inputs": inputs, "boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(sample.labels),
                 "ori_boxes": torch.from_numpy(sample.boxes), "video_id": sample.video_id, "time": sample.time,

@@ -58,7 +58,7 @@ class VideoFrames:
 
     @property
     def frame_count(self) -> int:
-        return max((max(rows) + 1 for rows in self.clips.values()), default=0)
+        return max((int(rows.max()) + 1 for rows in self.clips.values() if len(rows)), default=0)
 
     def clip(self, time: Fraction) -> np.ndarray:
         """The clip of keyframe ``time`` (a requested keyframe not in :attr:`lost`): uint8 (T, H, W, 3) RGB."""
@@ -103,6 +103,8 @@ class FrameStore:
             return stored
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale(prefix, identity)
+        if entry.exists():  # incomplete or damaged: complete entries are only ever renamed into place
+            shutil.rmtree(entry, ignore_errors=True)
         temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
         temporary.mkdir()
         try:
@@ -117,6 +119,9 @@ class FrameStore:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         stored = _load(entry, key)
+        if stored is None:
+            raise OSError(f"{entry}: the frame store entry just written cannot be read back; check the disk "
+                          f"holding {self.cache_dir}")
         stored.reused = False
         return stored
 

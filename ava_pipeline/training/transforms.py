@@ -192,7 +192,7 @@ def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
     boxes[:, [1, 3]] = np.minimum(height - 1.0, np.maximum(0.0, boxes[:, [1, 3]]))
 
 
-def test_transform(frames, boxes_normalized, *, test_size: int, mean: Sequence[float], std: Sequence[float],
+def inference_transform(frames, boxes_normalized, *, test_size: int, mean: Sequence[float], std: Sequence[float],
                    alpha: Optional[int], bgr: bool = False) -> tuple[list, np.ndarray]:
     """The inference transform (short side to ``test_size``, no crop, no flip): the tensors of
     :func:`~ava_pipeline.preprocess.preprocess_clip` without the batch dimension, ``(3, T_p, H', W')`` float32,
