@@ -208,6 +208,21 @@ def _build(cls, values: Any, where: str):
     return cls(**kwargs)
 
 
+def from_mapping(cls, values: Any, where: str = ""):
+    """Instantiate dataclass ``cls`` from a YAML mapping, strictly: values converted by declared type, an unknown
+    key is a ``ConfigError`` that suggests the closest name (``where`` prefixes the keys in messages)."""
+    return _build(cls, values, where)
+
+
+def plain_values(value: Any) -> Any:
+    """A dataclass or nested tuples as YAML-ready dicts and lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain_values(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [plain_values(v) for v in value]
+    return value
+
+
 def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[dict[str, str]] = None
               ) -> ActionModelConfig:
     """Reject values the model or the data path cannot use, naming ``source`` and the key (with its PySlowFast
