@@ -207,6 +207,9 @@ def test_settings_are_checked_and_prepare_comes_first(movies, tmp_path):
     progress = []
     dataset.prepare(workers=2, progress=lambda done, total, video: progress.append((done, total)))
     assert progress == [(1, 2), (2, 2)]
+    with pytest.raises(IndexError, match="outside the dataset's 5 samples"):
+        dataset[5]
+    assert dataset[np.int64(4)]["index"] == 4 and type(dataset[np.int64(4)]["index"]) is int
 
 
 def test_slow_only_items_have_one_pathway(movies, tmp_path):

@@ -197,7 +197,10 @@ class AvaClipDataset(torch.utils.data.Dataset):
         epoch = self.epoch
         if isinstance(index, tuple):
             epoch, index = index
+        epoch, index = int(epoch), int(index)
         served = self._require_prepared()
+        if not 0 <= index < len(served):
+            raise IndexError(f"index {index} outside the dataset's {len(served)} samples")
         sample: TrainingSample = served[index]
         frames = self._frames[sample.video_id].clip(sample.time)
         if self.augment:

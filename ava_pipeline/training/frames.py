@@ -103,7 +103,10 @@ class FrameStore:
             return stored
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale(prefix, identity)
-        if entry.exists():  # incomplete or damaged: complete entries are only ever renamed into place
+        if entry.exists():  # damaged (complete entries are only ever renamed into place), or just completed
+            stored = _load(entry, key)  # by another process preparing the same video
+            if stored is not None:
+                return stored
             shutil.rmtree(entry, ignore_errors=True)
         temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
         temporary.mkdir()

@@ -46,13 +46,14 @@ class TrainingSample:
     ``time``: seconds from the video start (exact). ``boxes``: float64 (K, 4) normalised ``x1, y1, x2, y2``
     in [0, 1], top-left origin, as ``float()`` parses the file's text (before any clipping). ``labels``:
     float32 (K, C) multi-hot, column ``j`` = the ``j``-th class of the label map; an all-zero row is a
-    negative box. ``source``: ``file:line`` of the keyframe's first row.
+    negative box. ``source``: ``file:line`` of the keyframe's first row. Samples compare (and hash) by video,
+    time and source.
     """
 
     video_id: str
     time: Fraction
-    boxes: np.ndarray = field(repr=False)
-    labels: np.ndarray = field(repr=False)
+    boxes: np.ndarray = field(repr=False, compare=False)
+    labels: np.ndarray = field(repr=False, compare=False)
     source: str = ""
 
 
