@@ -217,3 +217,18 @@ def test_slow_only_items_have_one_pathway(movies, tmp_path):
     dataset.prepare()
     assert [tuple(t.shape) for t in dataset[0]["inputs"]] == [(3, 8, 28, 28)]
     assert isinstance(Path(dataset.videos["alpha"]), Path)
+
+
+def test_an_unusable_cache_folder_and_a_vanished_video_are_named(movies, tmp_path):
+    from ava_pipeline.training.frames import FrameStoreError
+
+    folder, _ = movies
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(FrameStoreError, match=f"{blocker}: cannot store the frames of .*alpha.mkv"):
+        make_dataset(movies, blocker).prepare()
+    dataset = make_dataset(movies, tmp_path / "cache")
+    (folder / "beta.mkv").unlink()
+    report = dataset.prepare()
+    assert "beta.mkv: cannot be read" in report.failed_videos["beta"]
+    assert [s.video_id for s in dataset.samples] == ["alpha"] * 3

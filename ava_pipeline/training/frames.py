@@ -29,11 +29,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import AvaPipelineError, VideoDecodeError
 from ..video import VideoTruncatedError, decoder_version, iter_clips
 
 STORE_VERSION = 1
 _INDEX = "index.json"
 _FRAMES = "frames.u8"
+
+
+class FrameStoreError(AvaPipelineError):
+    """The frame store cannot be written or read (disk full, no permission); the message names the folder."""
 
 
 @dataclass
@@ -90,7 +95,11 @@ class FrameStore:
         """
         video_path = Path(os.path.abspath(video_path))
         times = sorted({Fraction(t) for t in times})
-        stat = video_path.stat()
+        try:
+            stat = video_path.stat()
+        except OSError as error:
+            raise VideoDecodeError(f"{video_path}: cannot be read ({error.strerror or error}); check the "
+                                   "path") from None
         identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
                     "num_frames": num_frames, "sampling_rate": sampling_rate}
@@ -101,16 +110,16 @@ class FrameStore:
         stored = _load(entry, key)
         if stored is not None:
             return stored
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_stale(prefix, identity)
-        if entry.exists():  # damaged (complete entries are only ever renamed into place), or just completed
-            stored = _load(entry, key)  # by another process preparing the same video
-            if stored is not None:
-                return stored
-            shutil.rmtree(entry, ignore_errors=True)
         temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
-        temporary.mkdir()
         try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale(prefix, identity)
+            if entry.exists():  # damaged (complete entries are only ever renamed into place), or just completed
+                stored = _load(entry, key)  # by another process preparing the same video
+                if stored is not None:
+                    return stored
+                shutil.rmtree(entry, ignore_errors=True)
+            temporary.mkdir()
             index = _decode(video_path, temporary, times, Fraction(fps), num_frames, sampling_rate)
             index["key"] = key
             (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
@@ -118,19 +127,24 @@ class FrameStore:
                 temporary.rename(entry)
             except OSError:  # another process stored the same entry meanwhile
                 shutil.rmtree(temporary, ignore_errors=True)
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            reason = error.strerror or error
+            raise FrameStoreError(f"{self.cache_dir}: cannot store the frames of {video_path} ({reason}); free disk "
+                                  "space there or choose another cache folder") from None
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
         stored = _load(entry, key)
         if stored is None:
-            raise OSError(f"{entry}: the frame store entry just written cannot be read back; check the disk "
-                          f"holding {self.cache_dir}")
+            raise FrameStoreError(f"{entry}: the frame store entry just written cannot be read back; check the "
+                                  f"disk holding {self.cache_dir}")
         stored.reused = False
         return stored
 
     def _remove_stale(self, prefix: str, identity: dict) -> None:
         """Remove the entries of the same video file made from another version of it (size or time differ)."""
-        for other in self.cache_dir.glob(f"{glob_escape(prefix)}-*"):
+        for other in self.cache_dir.glob(f"{_glob_escape(prefix)}-*"):
             try:
                 other_identity = json.loads((other / _INDEX).read_text(encoding="utf-8"))["key"]["identity"]
             except (OSError, ValueError, KeyError, TypeError):
@@ -139,7 +153,7 @@ class FrameStore:
                 shutil.rmtree(other, ignore_errors=True)
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
