@@ -38,6 +38,12 @@ def test_merge_keys_boxes_by_coordinate_text_and_keeps_unlabelled_proposals(tmp_
     assert sample.source == f"{gt}:1"
 
 
+def test_a_header_line_and_blank_lines_are_skipped(tmp_path):
+    gt = write_csv(tmp_path / "gt.csv", ["video_id,timestamp,x1,y1,x2,y2,action_id,person_id", "",
+                                        "vid,1,0.1,0.1,0.5,0.5,1,0"])
+    assert [s.time for s in read_training_samples(gt, class_ids=[1]).samples] == [1]
+
+
 def test_label_columns_follow_the_label_map_order(tmp_path):
     gt = write_csv(tmp_path / "gt.csv", ["vid,1,0.1,0.1,0.5,0.5,14,0", "vid,1,0.1,0.1,0.5,0.5,11,0",
                                         "vid,1,0.5,0.5,0.9,0.9,12,1"])

@@ -12,6 +12,7 @@ PySlowFast's merge rules (``TRAIN_SPEC.md`` section 1), generalised to any video
   A row whose action is not in the map is skipped entirely (counted per action id), or is an error with
   ``strict_labels``.
 * Excluded keyframes (``video_id,timestamp`` rows) are dropped with all their rows (counted).
+* Blank lines and a header line starting ``video_id,timestamp`` are skipped.
 * Keyframes are any time in seconds (``902``, ``3``, ``12.5``, ``1805/2``), exact (Fraction): no 902-1798
   window, no 30 fps assumption. Samples are ordered by video (order of first appearance) then time.
 
@@ -153,6 +154,8 @@ def read_training_samples(annotations: Union[PathLike, Sequence[PathLike]], *, c
             where = f"{path}:{line}"
             if not any(value.strip() for value in row):
                 continue
+            if line == 1 and [value.strip() for value in row[:2]] == ["video_id", "timestamp"]:
+                continue  # a pandas-style header line
             video_id, time, texts, box, action, score = _parse_row(row, where, is_gt)
             if not is_gt and score < score_thresh:
                 skipped["proposals_below_threshold"] += 1
