@@ -232,3 +232,24 @@ def test_an_unusable_cache_folder_and_a_vanished_video_are_named(movies, tmp_pat
     report = dataset.prepare()
     assert "beta.mkv: cannot be read" in report.failed_videos["beta"]
     assert [s.video_id for s in dataset.samples] == ["alpha"] * 3
+
+
+def test_disk_space_is_estimated_and_checked_before_decoding(movies, tmp_path, monkeypatch):
+    from ava_pipeline.training import frames as frames_module
+
+    folder, _ = movies
+    store = FrameStore(tmp_path / "cache")
+    times = [Fraction(0), Fraction(1), Fraction(5, 2), Fraction(4)]
+    estimate = store.missing_bytes("alpha", folder / "alpha.mkv", times, **CLIP)
+    assert estimate == store.prepare("alpha", folder / "alpha.mkv", times, **CLIP).disk_bytes
+    assert store.missing_bytes("alpha", folder / "alpha.mkv", times, **CLIP) == 0
+
+    class Tiny:
+        free = 1000
+
+    monkeypatch.setattr(frames_module.shutil, "disk_usage", lambda path: Tiny)
+    dataset = make_dataset(movies, tmp_path / "other-cache")
+    with pytest.raises(frames_module.FrameStoreError, match=r"other-cache: the training frames need about .* GiB "
+                                                            r"and only 0.0 GiB are free"):
+        dataset.prepare()
+    assert not (tmp_path / "other-cache").exists()

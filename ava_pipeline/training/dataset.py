@@ -124,12 +124,20 @@ class AvaClipDataset(torch.utils.data.Dataset):
                 ) -> PrepareReport:
         """Decode (or reuse from the store) the frames every sample needs, one pass per video; drop, with a
         warning, the samples whose frames cannot be had (a video that does not decode, keyframes lost to damage
-        or past the end). ``workers`` > 1 prepares that many videos at once; ``progress(done, total, video_id)``
-        is called after each video."""
+        or past the end). Raises :class:`~.frames.FrameStoreError`, before decoding anything, when the store's
+        disk lacks the space the new frames need (estimated from the videos' headers). ``workers`` > 1 prepares
+        that many videos at once; ``progress(done, total, video_id)`` is called after each video."""
         by_video: dict[str, list] = {}
         for sample in self._all:
             by_video.setdefault(sample.video_id, []).append(sample.time)
         report = PrepareReport(samples=len(self._all))
+        needed = 0
+        for video_id, times in by_video.items():
+            try:
+                needed += self.store.missing_bytes(video_id, self.videos[video_id], times, **self.clip_settings)
+            except VideoDecodeError:
+                pass  # reported by its prepare below
+        self.store.check_space(needed)  # before hours of decoding, not after
 
         def prepare_one(video_id):
             try:

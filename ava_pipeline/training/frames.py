@@ -13,11 +13,14 @@ clip settings (fps, frames, sampling rate) and the set of keyframes; a key that 
 and entries of a file whose size or time changed are removed. Entries are written under a temporary name
 and renamed when complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry
 records which keyframes decoding could not produce and why, so a reuse reports them again.
+:meth:`FrameStore.missing_bytes` estimates an entry's size from the video's header, so that a run can check
+the free disk space (:meth:`FrameStore.check_space`) before it decodes anything.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -30,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import AvaPipelineError, VideoDecodeError
-from ..video import VideoTruncatedError, decoder_version, iter_clips
+from ..video import VideoReader, VideoTruncatedError, decoder_version, iter_clips
 
 STORE_VERSION = 1
 _INDEX = "index.json"
@@ -93,20 +96,9 @@ class FrameStore:
         Keyframes lost to damage or lying past the end are in the result's ``lost``; a video that cannot be
         decoded at all raises :class:`~ava_pipeline.errors.VideoDecodeError` (nothing is stored).
         """
-        video_path = Path(os.path.abspath(video_path))
-        times = sorted({Fraction(t) for t in times})
-        try:
-            stat = video_path.stat()
-        except OSError as error:
-            raise VideoDecodeError(f"{video_path}: cannot be read ({error.strerror or error}); check the "
-                                   "path") from None
-        identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
-                    "num_frames": num_frames, "sampling_rate": sampling_rate}
-        key = {"identity": identity, "settings": settings, "times": [str(t) for t in times]}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", video_id)[:80]
-        entry = self.cache_dir / f"{prefix}-{digest}"
+        video_path, times, entry, key, prefix = self._locate(video_id, video_path, times, fps, num_frames,
+                                                             sampling_rate)
+        identity = key["identity"]
         stored = _load(entry, key)
         if stored is not None:
             return stored
@@ -141,6 +133,51 @@ class FrameStore:
                                   f"disk holding {self.cache_dir}")
         stored.reused = False
         return stored
+
+    def missing_bytes(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
+                      sampling_rate: int) -> int:
+        """About how many bytes :meth:`prepare` would store for these arguments: 0 when a valid entry exists, else
+        the distinct grid frames the clips use (clamped to the frame count the header promises) times the upright
+        frame's ``W * H * 3``. Raises :class:`~ava_pipeline.errors.VideoDecodeError` for an unreadable video."""
+        video_path, times, entry, key, _ = self._locate(video_id, video_path, times, fps, num_frames, sampling_rate)
+        if _load(entry, key) is not None:
+            return 0
+        with VideoReader(video_path, fps=fps) as reader:
+            metadata = reader.metadata
+        last = max(metadata.num_grid_frames - 1, 0)
+        span = num_frames * sampling_rate
+        offsets = range(-(span // 2), span - span // 2, sampling_rate)
+        centres = {math.floor(t * Fraction(fps) + Fraction(1, 2)) for t in times}  # round(t * fps), as iter_clips
+        used = {min(max(centre + offset, 0), last) for centre in centres for offset in offsets}
+        return len(used) * metadata.width * metadata.height * 3
+
+    def check_space(self, needed_bytes: int) -> None:
+        """Raise :class:`FrameStoreError` when the cache folder's disk has less than ``needed_bytes`` free."""
+        folder = self.cache_dir
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if needed_bytes > free:
+            raise FrameStoreError(f"{self.cache_dir}: the training frames need about {needed_bytes / 2 ** 30:.1f} GiB "
+                                  f"and only {free / 2 ** 30:.1f} GiB are free there; free disk space or choose a "
+                                  "cache folder on a larger disk")
+
+    def _locate(self, video_id, video_path, times, fps, num_frames, sampling_rate):
+        """(absolute path, sorted unique times, entry folder, key, file-name prefix) of a video's entry."""
+        video_path = Path(os.path.abspath(video_path))
+        times = sorted({Fraction(t) for t in times})
+        try:
+            stat = video_path.stat()
+        except OSError as error:
+            raise VideoDecodeError(f"{video_path}: cannot be read ({error.strerror or error}); check the "
+                                   "path") from None
+        identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
+                    "num_frames": num_frames, "sampling_rate": sampling_rate}
+        key = {"identity": identity, "settings": settings, "times": [str(t) for t in times]}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", video_id)[:80]
+        return video_path, times, self.cache_dir / f"{prefix}-{digest}", key, prefix
 
     def _remove_stale(self, prefix: str, identity: dict) -> None:
         """Remove the entries of the same video file made from another version of it (size or time differ)."""
