@@ -1,5 +1,6 @@
 """AvaClipDataset: clip frames from the frame store, parity with the inference path, determinism, the store's
 invalidation, damaged videos, collation."""
+import gc
 import json
 import os
 from fractions import Fraction
@@ -59,6 +60,23 @@ def test_store_serves_each_keyframes_grid_frames_bit_exactly(movies, tmp_path):
     distinct = {index for time in times for index in
                 (min(max(round(time * 30) - 8 + 2 * j, 0), 119) for j in range(8))}
     assert frames.disk_bytes == len(distinct) * 48 * 64 * 3  # each grid frame stored once
+
+
+def test_an_entry_grows_to_the_union_of_keyframes_and_supersedes_the_smaller_ones(movies, tmp_path):
+    folder, _ = movies
+    store = FrameStore(tmp_path / "cache")
+    first = store.prepare("alpha", folder / "alpha.mkv", [Fraction(1)], **CLIP)
+    second = store.prepare("alpha", folder / "alpha.mkv", [Fraction(2)], **CLIP)  # e.g. the validation keyframes
+    assert not second.reused and second.known_times == {1, 2}
+    assert [read_index(image) for image in second.clip(Fraction(1))] == [22, 24, 26, 28, 30, 32, 34, 36]
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # the first is still read by a live object
+    del first
+    gc.collect()
+    third = store.prepare("alpha", folder / "alpha.mkv", [Fraction(1)], **CLIP)
+    assert third.reused and third.directory == second.directory
+    assert list((tmp_path / "cache").iterdir()) == [second.directory]
+    assert store.missing_bytes("alpha", folder / "alpha.mkv", [Fraction(2)], **CLIP) == 0
+    assert store.missing_bytes("alpha", folder / "alpha.mkv", [Fraction(3)], **CLIP) == 24 * 64 * 48 * 3
 
 
 def test_no_augment_items_equal_the_inference_tensors(movies, tmp_path):
@@ -148,7 +166,11 @@ def test_store_reuses_entries_and_invalidates_them_when_the_video_changes(movies
     report = changed.prepare()
     assert (report.decoded, report.reused) == (1, 1)
     assert changed[0]["inputs"][1].shape != before.shape
-    assert len(list(cache.iterdir())) == 2  # the stale entry of the old file is gone
+    assert len(list(cache.iterdir())) == 3  # the old file's entry stays while a live dataset reads it
+    del dataset
+    gc.collect()
+    make_dataset(movies, cache, augment=False).prepare()
+    assert len(list(cache.iterdir())) == 2  # then it goes
     other_clip = make_dataset(movies, cache, augment=False, num_frames=4)
     assert other_clip.prepare().decoded == 2  # other clip settings: new entries beside the old ones
     assert len(list(cache.iterdir())) == 4

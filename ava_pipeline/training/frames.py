@@ -8,10 +8,14 @@ then returns any keyframe's (T, H, W, 3) clip from a memory map. Memory stays bo
 window of one clip; the disk holds ``H * W * 3`` bytes per distinct grid frame used (a 32x2 clip every
 second uses every other grid frame: 15 frames a second at 30 fps).
 
-An entry is keyed by the video file (absolute path, size, modification time), the decoder version, the
-clip settings (fps, frames, sampling rate) and the set of keyframes; a key that differs is another entry,
-and entries of a file whose size or time changed are removed. Entries are written under a temporary name
-and renamed when complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry
+An entry is keyed by the video file (absolute path, size, modification time), the decoder version and the
+clip settings (fps, frames, sampling rate), and holds the clips of a set of keyframes. A request is served by
+an entry that has all its keyframes; otherwise one decoding pass stores a new entry with the requested
+keyframes and those of the video's other entries (so the training and validation keyframes of one video end
+up in one entry, and an edited annotation file does not leave old entries behind). Entries superseded that
+way, and entries of an older version of the file (size or time differ), are removed unless a live dataset of
+this process uses them (then at a later prepare). Entries are written under a temporary name and renamed when
+complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry
 records which keyframes decoding could not produce and why, so a reuse reports them again.
 :meth:`FrameStore.missing_bytes` estimates an entry's size from the video's header, so that a run can check
 the free disk space (:meth:`FrameStore.check_space`) before it decodes anything.
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -44,7 +49,7 @@ class FrameStoreError(AvaPipelineError):
     """The frame store cannot be written or read (disk full, no permission); the message names the folder."""
 
 
-@dataclass
+@dataclass(eq=False)
 class VideoFrames:
     """The stored clips of one video: ``clip(time)`` -> uint8 (T, H, W, 3) RGB, a fresh array.
 
@@ -58,6 +63,11 @@ class VideoFrames:
     lost: dict
     reused: bool
     _frames: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def known_times(self) -> set:
+        """The keyframes this entry answers for: stored clips and lost keyframes."""
+        return set(self.clips) | set(self.lost)
 
     @property
     def disk_bytes(self) -> int:
@@ -90,58 +100,64 @@ class FrameStore:
 
     def prepare(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
                 sampling_rate: int) -> VideoFrames:
-        """The clips of keyframes ``times`` (seconds) of ``video_path``: a valid stored entry, or one decoding
-        pass that stores them.
+        """The clips of keyframes ``times`` (seconds) of ``video_path``: a valid stored entry that has them all,
+        or one decoding pass that stores them together with the keyframes of the video's other entries (which
+        the new entry supersedes).
 
         Keyframes lost to damage or lying past the end are in the result's ``lost``; a video that cannot be
         decoded at all raises :class:`~ava_pipeline.errors.VideoDecodeError` (nothing is stored).
         """
-        video_path, times, entry, key, prefix = self._locate(video_id, video_path, times, fps, num_frames,
-                                                             sampling_rate)
-        identity = key["identity"]
-        stored = _load(entry, key)
-        if stored is not None:
-            return stored
-        temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
+        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate)
         try:
+            entries = self._entries(prefix, key)
+            covering = [frames for frames in entries if set(times) <= frames.known_times]
+            if covering:
+                stored = max(covering, key=lambda frames: len(frames.known_times))  # the others are its subsets
+                self._remove_superseded(entries, stored)
+                _HANDED_OUT.add(stored)
+                return stored
+            wanted = sorted(set(times).union(*(frames.known_times for frames in entries)))
+            digest = hashlib.sha256(json.dumps([key, [str(t) for t in wanted]], sort_keys=True).encode())
+            entry = self.cache_dir / f"{prefix}-{digest.hexdigest()[:20]}"
+            temporary = self.cache_dir / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self._remove_stale(prefix, identity)
-            if entry.exists():  # damaged (complete entries are only ever renamed into place), or just completed
-                stored = _load(entry, key)  # by another process preparing the same video
-                if stored is not None:
-                    return stored
-                shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)  # damaged: complete entries are found above
             temporary.mkdir()
-            index = _decode(video_path, temporary, times, Fraction(fps), num_frames, sampling_rate)
-            index["key"] = key
-            (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
             try:
-                temporary.rename(entry)
-            except OSError:  # another process stored the same entry meanwhile
+                index = _decode(video_path, temporary, wanted, Fraction(fps), num_frames, sampling_rate)
+                index["key"] = key
+                (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
+                try:
+                    temporary.rename(entry)
+                except OSError:
+                    if _load(entry, key) is None:  # else another process stored the same entry meanwhile
+                        raise
+            finally:
                 shutil.rmtree(temporary, ignore_errors=True)
         except OSError as error:
-            shutil.rmtree(temporary, ignore_errors=True)
-            reason = error.strerror or error
-            raise FrameStoreError(f"{self.cache_dir}: cannot store the frames of {video_path} ({reason}); free disk "
-                                  "space there or choose another cache folder") from None
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
+            raise FrameStoreError(f"{self.cache_dir}: cannot store the frames of {video_path} "
+                                  f"({error.strerror or error}); free disk space there or choose another cache "
+                                  "folder") from None
         stored = _load(entry, key)
         if stored is None:
             raise FrameStoreError(f"{entry}: the frame store entry just written cannot be read back; check the "
                                   f"disk holding {self.cache_dir}")
         stored.reused = False
+        self._remove_superseded(entries, stored)
+        _HANDED_OUT.add(stored)
         return stored
 
     def missing_bytes(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
                       sampling_rate: int) -> int:
-        """About how many bytes :meth:`prepare` would store for these arguments: 0 when a valid entry exists, else
-        the distinct grid frames the clips use (clamped to the frame count the header promises) times the upright
-        frame's ``W * H * 3``. Raises :class:`~ava_pipeline.errors.VideoDecodeError` for an unreadable video."""
-        video_path, times, entry, key, _ = self._locate(video_id, video_path, times, fps, num_frames, sampling_rate)
-        if _load(entry, key) is not None:
+        """About how many bytes :meth:`prepare` would store for these arguments: 0 when a stored entry has these
+        keyframes, else the distinct grid frames of the clips to store (clamped to the frame count the header
+        promises) times the upright frame's ``W * H * 3``. Raises :class:`~ava_pipeline.errors.VideoDecodeError`
+        for an unreadable video."""
+        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate)
+        entries = self._entries(prefix, key, remove_stale=False)
+        if any(set(times) <= frames.known_times for frames in entries):
             return 0
+        times = set(times).union(*(frames.known_times for frames in entries))
         with VideoReader(video_path, fps=fps) as reader:
             metadata = reader.metadata
         last = max(metadata.num_grid_frames - 1, 0)
@@ -162,8 +178,8 @@ class FrameStore:
                                   f"and only {free / 2 ** 30:.1f} GiB are free there; free disk space or choose a "
                                   "cache folder on a larger disk")
 
-    def _locate(self, video_id, video_path, times, fps, num_frames, sampling_rate):
-        """(absolute path, sorted unique times, entry folder, key, file-name prefix) of a video's entry."""
+    def _key(self, video_id, video_path, times, fps, num_frames, sampling_rate):
+        """(absolute path, sorted unique times, entry key, entry-name prefix) of a video's entries."""
         video_path = Path(os.path.abspath(video_path))
         times = sorted({Fraction(t) for t in times})
         try:
@@ -174,20 +190,43 @@ class FrameStore:
         identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
                     "num_frames": num_frames, "sampling_rate": sampling_rate}
-        key = {"identity": identity, "settings": settings, "times": [str(t) for t in times]}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", video_id)[:80]
-        return video_path, times, self.cache_dir / f"{prefix}-{digest}", key, prefix
+        return video_path, times, {"identity": identity, "settings": settings}, prefix
 
-    def _remove_stale(self, prefix: str, identity: dict) -> None:
-        """Remove the entries of the same video file made from another version of it (size or time differ)."""
-        for other in self.cache_dir.glob(f"{_glob_escape(prefix)}-*"):
+    def _entries(self, prefix: str, key: dict, *, remove_stale: bool = True) -> list:
+        """The complete entries of this video file and settings; with ``remove_stale``, entries of an older
+        version of the file (size or time differ) are removed, unless this process uses them."""
+        entries = []
+        for entry in sorted(self.cache_dir.glob(f"{_glob_escape(prefix)}-*")):
             try:
-                other_identity = json.loads((other / _INDEX).read_text(encoding="utf-8"))["key"]["identity"]
+                entry_key = json.loads((entry / _INDEX).read_text(encoding="utf-8"))["key"]
+                same_file = entry_key["identity"]["path"] == key["identity"]["path"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if other_identity["path"] == identity["path"] and other_identity != identity:
-                shutil.rmtree(other, ignore_errors=True)
+            if entry_key == key:
+                frames = _load(entry, key)
+                if frames is not None:
+                    entries.append(frames)
+            elif remove_stale and same_file and entry_key["identity"] != key["identity"] and not _in_use(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+        return entries
+
+    @staticmethod
+    def _remove_superseded(entries: list, kept: VideoFrames) -> None:
+        """Remove the entries whose keyframes ``kept`` also holds, unless this process uses them."""
+        for frames in entries:
+            if (frames.directory != kept.directory and frames.known_times <= kept.known_times
+                    and not _in_use(frames.directory)):
+                shutil.rmtree(frames.directory, ignore_errors=True)
+
+
+_HANDED_OUT = weakref.WeakSet()
+"""The :class:`VideoFrames` that :meth:`FrameStore.prepare` returned and that are still alive (datasets read
+their entries): those entries are not removed."""
+
+
+def _in_use(directory: Path) -> bool:
+    return any(frames.directory == directory for frames in list(_HANDED_OUT))
 
 
 def _glob_escape(text: str) -> str:
@@ -195,6 +234,7 @@ def _glob_escape(text: str) -> str:
 
 
 def _load(entry: Path, key: dict) -> Optional[VideoFrames]:
+    """The entry's frames when it is complete and made with ``key``; else None."""
     try:
         index = json.loads((entry / _INDEX).read_text(encoding="utf-8"))
     except (OSError, ValueError):
