@@ -145,7 +145,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     classes = _class_map(model_cfg, labelmap, str(config))
     class_ids = list(classes)
     weights_path = _resolve_weights(weights if weights is not None else settings.init_weights)
-    config_text = effective_config(model_cfg, classes, settings, name=out.name or "run")
+    config_text = effective_config(model_cfg, classes, settings, name=model_cfg.name)
     annotation_files = [annotations] if isinstance(annotations, (str, Path)) else list(annotations)
     fingerprint = {
         "config": hashlib.sha256(config_text.encode()).hexdigest(),
@@ -161,7 +161,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     samples = read_training_samples(annotation_files, class_ids=class_ids, proposals=list(proposals),
                                     exclusions=exclusions, score_thresh=model_cfg.box_thresh,
                                     strict_labels=labelmap is None)
-    say(f"training set: {samples.summary()}")
+    summary = [f"training set: {samples.summary()}"]  # said once every up-front check has passed
     if len(samples) < settings.batch_size:
         raise ConfigError(f"{annotation_files[0]}: {len(samples)} training keyframes are fewer than the batch size "
                           f"{settings.batch_size}, so an epoch would have no iteration (drop_last); pass "
@@ -171,7 +171,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     if val_annotations is not None:
         validation = read_validation_set(val_annotations, class_ids=class_ids, proposals=list(val_proposals),
                                          exclusions=val_exclusions, score_thresh=model_cfg.box_thresh)
-        say(f"validation set: {validation.summary}")
+        summary.append(f"validation set: {validation.summary}")
         video_paths.update(find_videos(videos, dict.fromkeys(s.video_id for s in validation.samples)))
     elif val_proposals or val_exclusions:
         raise ConfigError("--val-proposals and --val-exclusions need --val-annotations (the ground truth to score)")
@@ -180,9 +180,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     model = build_training_model(train_model_cfg, seed=settings.seed, fc_init_std=settings.fc_init_std,
                                  zero_init_final_bn=settings.zero_init_final_bn)
     init_report = load_initial_weights(model, weights_path, classes) if weights_path is not None else None
-    for line in (init_report.lines() if init_report else ["initialised at random (PySlowFast's initialisation, "
-                                                          f"seed {settings.seed})"]):
-        say(line)
+    summary += init_report.lines() if init_report else [f"initialised at random (PySlowFast's initialisation, seed "
+                                                        f"{settings.seed})"]
     model.to(device)
     optimizer = build_optimizer(model, settings.solver)
     checkpoints = out / "checkpoints"
@@ -192,7 +191,9 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
             raise ConfigError(f"{checkpoints} holds checkpoints and TRAIN.AUTO_RESUME is False; choose a new --out "
                               "folder or enable AUTO_RESUME to continue")
         start_epoch = resume(previous, model, optimizer, device).next_epoch
-        say(f"resuming from {previous} at epoch {start_epoch + 1}")
+        summary.append(f"resuming from {previous} at epoch {start_epoch + 1}")
+    for line in summary:
+        say(line)
     out.mkdir(parents=True, exist_ok=True)
     write_label_map(classes, out / "labelmap.pbtxt")
     with atomic_output(out / "config.yaml") as temporary:
@@ -214,8 +215,12 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     prepared = dataset.prepare(workers=workers)
     say(prepared.summary())
     if len(dataset) < settings.batch_size:
-        raise ConfigError(f"only {len(dataset)} training keyframes have frames (see the warnings above), fewer than "
-                          f"the batch size {settings.batch_size}; fix the videos or lower --batch-size")
+        cause = next(iter(prepared.failed_videos.values()), None) or (
+            f"{prepared.dropped[0][0]} at {prepared.dropped[0][1]} s: {prepared.dropped[0][2]}" if prepared.dropped
+            else "")
+        raise ConfigError(f"only {len(dataset)} training keyframes have frames, fewer than the batch size "
+                          f"{settings.batch_size}{f' ({cause})' if cause else ''}; fix the videos or lower "
+                          "--batch-size")
     val_dataset = None
     if validation is not None:
         val_dataset = AvaClipDataset(validation.samples, video_paths, augment=False, seed=settings.seed, **common)
