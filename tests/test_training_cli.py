@@ -158,3 +158,13 @@ def test_usage_errors(setup, tmp_path, capsys):
     _fails(capsys, ["--config", str(setup["config"])], "required")
     _fails(capsys, _args(setup, tmp_path / "run", "--device", "tpu"), "--device")
     assert ANNOTATIONS  # the fixture's rows are what the cases above append to
+
+
+def test_every_pyslowfast_ava_yaml_gives_training_settings():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent / "data" / "pyslowfast_configs").rglob("*.yaml"))
+    assert len(configs) >= 7
+    for path in configs:
+        settings = load_train_settings(path)
+        assert settings.solver.weight_decay == 1e-7 and settings.zero_init_final_bn, path

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: `python tools/benchmark.py {model,video,detector,pipeline,eval,batch} [options]`.
+"""Benchmarks: `python tools/benchmark.py {model,video,detector,pipeline,eval,batch,train} [options]`.
 
 Each subcommand prints absolute figures with the machine and thread count, and ratios against a baseline
 measured in the same run (never compare absolute times across runs). Subcommands live in tools/benchmarks/.
@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "pipeline": "end-to-end seconds per keyframe against the models' compute alone, per stage",
     "eval": "ava-eval wall time and peak RSS against the official ActivityNet evaluator",
     "batch": "videos/s with 1 vs 2 local workers and with the Ray engine",
+    "train": "ava-train s/iteration (data wait vs compute) and peak memory for R50 vs a bare step; data clips/s",
 }
 
 
