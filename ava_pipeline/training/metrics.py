@@ -8,7 +8,8 @@ Records, each with ``"type"``:
   for the batch, ``compute_s`` forward + backward + step.
 * ``"epoch"``: ``{"epoch", "loss" (mean over the epoch), "iterations", "seconds"}``.
 * ``"eval"``: ``{"epoch", "mAP", "per_class": {action_id: AP or null}, "keyframes", "detections"}``.
-* ``"start"``: run facts once per start or resume (samples, skipped rows, dropped keyframes, initialisation).
+* ``"start"``: run facts once per start or resume, ``epoch`` = epochs already done (samples, skipped rows,
+  keyframes dropped for data errors, the initialisation report, model size, device, threads).
 
 A resumed run first drops the records of epochs after its checkpoint (they are redone), so the file reads as one
 uninterrupted run.

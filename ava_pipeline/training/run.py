@@ -58,12 +58,25 @@ class TrainResult:
 
 
 def _class_map(model_cfg: ActionModelConfig, labelmap: Optional[str | Path], source: str) -> dict[int, str]:
-    """The classes to train, ``{action_id: name}`` in column order, and the check of the config's class count."""
-    classes = read_label_map(labelmap if labelmap is not None else model_cfg.label_map)
+    """The classes to train, ``{action_id: name}`` in column order, checked against the config's class count.
+
+    Without ``labelmap`` the config's own label map is trained and must have ``num_classes`` entries. With one,
+    the head gets one output per class of ``labelmap``; the config's ``num_classes`` then describes the model the
+    config was written for, which is fine when it is that of its own label map (AVA's 80 for PySlowFast's
+    configs, or a run's ``config.yaml``) and a contradiction otherwise.
+    """
     declared = model_cfg.model.num_classes
-    default_ava = model_cfg.label_map == ActionModelConfig.label_map and declared == AVA_CLASSES
-    if declared != len(classes) and not (labelmap is not None and default_ava):
-        where = f"label map {labelmap}" if labelmap is not None else f"the config's label map {model_cfg.label_map}"
+    own_map_size = AVA_CLASSES if model_cfg.label_map == ActionModelConfig.label_map else None
+    if labelmap is None:
+        classes = read_label_map(model_cfg.label_map)
+        where = f"the config's label map {model_cfg.label_map}"
+        consistent = declared == len(classes)
+    else:
+        classes = read_label_map(labelmap)
+        where = f"label map {labelmap}"
+        # a config naming its own label map was checked against it by load_config
+        consistent = declared == len(classes) or own_map_size is None or declared == own_map_size
+    if not consistent:
         raise ConfigError(f"{source}: MODEL.NUM_CLASSES (model.num_classes) = {declared} contradicts {where} with "
                           f"{len(classes)} classes; the head has one output per label-map class: set it to "
                           f"{len(classes)} or pass the matching --labelmap")
@@ -87,7 +100,8 @@ def _file_identity(path: Optional[str | Path]) -> Optional[dict]:
 
 
 def _check_out_folder(out: Path, fingerprint: dict) -> None:
-    """Refuse an ``--out`` folder that holds anything but this very run (same fingerprint)."""
+    """Refuse an ``--out`` folder that holds anything but this very run (same fingerprint); a run folder whose
+    earlier attempt wrote no checkpoint yet (it stopped while preparing frames, say) may be reused."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -103,7 +117,7 @@ def _check_out_folder(out: Path, fingerprint: dict) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{run_json}: unreadable run record ({exc}); choose a new --out folder") from exc
     differing = sorted(key for key in set(recorded) | set(fingerprint) if recorded.get(key) != fingerprint.get(key))
-    if differing:
+    if differing and latest_checkpoint(out / "checkpoints") is not None:
         raise ConfigError(f"--out {out} holds another run (it differs in: {', '.join(differing)}); resuming needs the "
                           "same command: choose a new --out folder for a new run")
 
