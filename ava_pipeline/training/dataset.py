@@ -100,7 +100,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
         if augment and train_jitter_scales[0] > train_jitter_scales[1]:
             raise ValueError(f"TRAIN_JITTER_SCALES {list(train_jitter_scales)}: expected [min, max]")
         self.videos = dict(videos)
-        self.clip_settings = dict(num_frames=num_frames, sampling_rate=sampling_rate, fps=Fraction(fps))
+        self.clip_settings = dict(num_frames=num_frames, sampling_rate=sampling_rate, fps=Fraction(str(fps)))
         self.alpha = alpha
         self.normalisation = dict(mean=tuple(mean), std=tuple(std), bgr=bgr)
         self.test_crop_size = test_crop_size
