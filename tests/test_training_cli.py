@@ -153,6 +153,14 @@ def test_videos_that_do_not_decode_stop_the_run_after_the_frame_pass(setup, tmp_
     assert "clip_a.mkv" in errors[0]
 
 
+def test_missing_input_files(setup, tmp_path, capsys):
+    setup["annotations"] = tmp_path / "missing.csv"
+    _fails(capsys, _args(setup, tmp_path / "run"), "missing.csv")
+    setup["annotations"] = tmp_path / "train.csv"
+    _fails(capsys, _args(setup, tmp_path / "run", "--weights", str(tmp_path / "nope.pyth")), "nope.pyth")
+    _fails(capsys, _args(setup, tmp_path / "run", "--val-annotations", str(tmp_path / "val.csv")), "val.csv")
+
+
 def test_usage_errors(setup, tmp_path, capsys):
     _fails(capsys, _args(setup, tmp_path / "run", "--epochs", "0"), "--epochs")
     _fails(capsys, ["--config", str(setup["config"])], "required")

@@ -96,7 +96,8 @@ def effective_config(model_cfg: ActionModelConfig, classes: dict, settings: Trai
 def _file_identity(path: Optional[str | Path]) -> Optional[dict]:
     if path is None:
         return None
-    return {"path": str(Path(path).resolve()), "sha256": sha256_of(path)}
+    path = Path(path)  # a missing file is reported by its reader, with what to do
+    return {"path": str(path.resolve()), "sha256": sha256_of(path) if path.is_file() else None}
 
 
 def _check_out_folder(out: Path, fingerprint: dict) -> None:
