@@ -144,7 +144,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
           val_annotations: Optional[str | Path] = None, val_proposals: Sequence[str | Path] = (),
           val_exclusions: Optional[str | Path] = None, epochs: Optional[int] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
-          augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0, quiet: bool = False,
+          augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0,
+          quiet: bool = False,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) an AVA action model from movie files; see ``ava-train --help`` for every argument and
     the module docstring for what ``out`` receives. Flags override the config: ``epochs`` = SOLVER.MAX_EPOCH,
