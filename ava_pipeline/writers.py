@@ -5,7 +5,8 @@ only through its attributes: ``video_id``, ``timestamp``, ``pts``, ``pts_time``,
 height), ``boxes`` float32 (K, 4) normalized ``x1, y1, x2, y2`` in [0, 1] with a top-left origin,
 ``box_strings`` (the box file's original coordinate text per box, or None), ``box_scores`` float32 (K,),
 ``probs`` float32 (K, C) where column ``c`` is action id ``action_ids[c]`` (``c + 1`` for AVA's 80), and
-``keyframe_image`` uint8 (H, W, 3) RGB) and streams: nothing but the rendering annotations (boxes and top actions) is kept per keyframe.
+``keyframe_image`` uint8 (H, W, 3) RGB) and streams: nothing but the rendering annotations (boxes and top
+actions) is kept per keyframe.
 
 Files appear atomically: they are written under a temporary name in the destination folder and renamed
 into place, so an interrupted run never leaves a truncated file that looks complete.
