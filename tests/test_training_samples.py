@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ava_pipeline.errors import InputFormatError
-from ava_pipeline.training.samples import find_videos, read_training_samples
+from ava_pipeline.errors import InputFormatError, VideoDecodeError
+from ava_pipeline.training.samples import check_videos, find_videos, read_training_samples
+from videos import write_index_video
 
 
 def write_csv(path: Path, lines) -> Path:
@@ -152,3 +153,21 @@ def test_find_videos_by_stem_or_relative_path(tmp_path):
         find_videos(tmp_path, ["a"])
     with pytest.raises(InputFormatError, match="no such folder"):
         find_videos(tmp_path / "nope", ["a"])
+
+
+def test_check_videos_stops_keyframes_far_past_the_end_and_undecodable_videos(tmp_path):
+    write_index_video(tmp_path / "four.mkv", 120, fps=30)  # 4 s: grid frames 0..119
+    (tmp_path / "broken.mp4").write_bytes(b"no video here" * 50)
+    gt = write_csv(tmp_path / "gt.csv", ["four,1,0.1,0.1,0.5,0.5,1,0", "four,5,0.1,0.1,0.5,0.5,1,0",
+                                        "four,5.5,0.1,0.1,0.5,0.5,1,0"])
+    videos = find_videos(tmp_path, ["four", "broken"])
+    samples = read_training_samples(gt, class_ids=[1]).samples
+    clip = dict(fps=30, num_frames=8, sampling_rate=2)
+    metadata = check_videos(samples[:2], videos, **clip)  # 5 s: centre 150 <= 119 + 8 + 30: left to the frame pass
+    assert (metadata["four"].width, metadata["four"].height) == (64, 48)
+    with pytest.raises(InputFormatError, match=r"gt.csv:3: keyframe 5.5 s of video 'four' lies past the end of "
+                                               r".*four.mkv \(4.000 s long\)"):
+        check_videos(samples, videos, **clip)
+    broken = write_csv(tmp_path / "broken.csv", ["broken,1,0.1,0.1,0.5,0.5,1,0"])
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        check_videos(read_training_samples(broken, class_ids=[1]).samples, videos, **clip)

@@ -20,6 +20,8 @@ Every malformed input is an :class:`~ava_pipeline.errors.InputFormatError` namin
 """
 from __future__ import annotations
 
+import decimal
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ import numpy as np
 
 from ..errors import InputFormatError
 from ..evaluation.io import csv_rows
-from ..video import parse_seconds
+from ..video import VideoMetadata, VideoReader, parse_seconds
 
 PathLike = Union[str, Path]
 NO_ACTION = -1
@@ -318,3 +320,46 @@ def find_videos(directory: PathLike, video_ids: Iterable[str], *,
         raise InputFormatError(f"{where}video {first!r}{more} not found under {root}; the video id is the file "
                                "name without its suffix: add the video or fix the id")
     return found
+
+
+def check_videos(samples: Iterable[TrainingSample], videos: Mapping[str, PathLike], *, fps, num_frames: int,
+                 sampling_rate: int) -> dict:
+    """Up-front checks of the videos the samples use, from their headers (each file is opened and its first
+    frame decoded; nothing more), so that gross mistakes stop a run before the frame pass. Returns
+    ``{video_id: VideoMetadata}``.
+
+    Raises:
+        VideoDecodeError: a video cannot be opened or its first frame decoded (message names the file).
+        InputFormatError: naming the annotation row, a keyframe lies more than one second past the last clip the
+            header promises (the centre grid frame ``round(t * fps)`` beyond the last frame plus half a clip, the
+            most that clamping covers). Smaller overruns, and damage found while decoding, are left to the frame
+            pass, which drops those keyframes with a warning.
+    """
+    fps = Fraction(str(fps))
+    half = num_frames * sampling_rate // 2
+    latest: dict[str, TrainingSample] = {}
+    for sample in samples:
+        if sample.video_id not in latest or sample.time > latest[sample.video_id].time:
+            latest[sample.video_id] = sample
+    found: dict[str, VideoMetadata] = {}
+    for video_id, sample in latest.items():
+        with VideoReader(videos[video_id], fps=fps) as reader:
+            found[video_id] = reader.metadata
+            declared = reader.declared_duration_s(video_only=True)
+        if not declared:
+            continue  # the header does not say: the frame pass finds out
+        last = round(declared * fps) - 1
+        centre = math.floor(sample.time * fps + Fraction(1, 2))
+        if centre > last + half + fps:
+            raise InputFormatError(f"{sample.source}: keyframe {seconds_text(sample.time)} s of video {video_id!r} "
+                                   f"lies past the end of {videos[video_id]} ({float(declared):.3f} s long); fix the "
+                                   "timestamp (seconds from the video start) or the video id")
+    return found
+
+
+def seconds_text(time: Fraction) -> str:
+    """``time`` as annotation files write it: ``3``, ``5.5``; ``1/3`` when no decimal (of up to 9 places) is exact."""
+    scaled = time * 10 ** 9
+    if scaled.denominator != 1:
+        return str(time)
+    return format(decimal.Decimal(scaled.numerator).scaleb(-9).normalize(), "f")
