@@ -19,7 +19,7 @@ import torch
 
 from ..errors import VideoDecodeError
 from .frames import FrameStore
-from .samples import SampleSet, TrainingSample
+from .samples import SampleSet, TrainingSample, seconds_text
 from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, inference_transform,
                          train_transform)
 
@@ -51,10 +51,10 @@ class PrepareReport:
         return text
 
     def as_dict(self) -> dict:
-        """JSON-friendly record (times as strings) for ``metrics.jsonl``."""
+        """JSON-friendly record (times as strings like ``"2.5"``) for ``metrics.jsonl``."""
         return {"samples": self.samples, "served": self.served, "decoded_videos": self.decoded,
                 "reused_videos": self.reused, "disk_bytes": self.disk_bytes,
-                "dropped": [{"video_id": v, "time": str(t), "reason": r} for v, t, r in self.dropped],
+                "dropped": [{"video_id": v, "time": seconds_text(t), "reason": r} for v, t, r in self.dropped],
                 "failed_videos": dict(self.failed_videos)}
 
 
@@ -166,7 +166,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
                     report.disk_bytes += frames.disk_bytes
                     if frames.lost:
                         lost = sorted(frames.lost)
-                        shown = ", ".join(str(t) for t in lost[:5]) + (", ..." if len(lost) > 5 else "")
+                        shown = ", ".join(seconds_text(t) for t in lost[:5]) + (", ..." if len(lost) > 5 else "")
                         logger.warning("dropping %d keyframes of video %s (%s): %s", len(lost), video_id, shown,
                                        frames.lost[lost[0]])
                 if progress is not None:
