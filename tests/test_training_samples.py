@@ -68,6 +68,17 @@ def test_samples_are_ordered_by_video_then_exact_time(tmp_path):
     assert result.video_ids() == ["b", "a"]
 
 
+def test_several_annotation_files_are_read_in_order_before_the_proposals(tmp_path):
+    first = write_csv(tmp_path / "a.csv", ["vid,1,0.5,0.5,0.9,0.9,1,0"])
+    second = write_csv(tmp_path / "b.csv", ["other,1,0.1,0.1,0.2,0.2,1,0", "vid,1,0.1,0.1,0.2,0.2,2,1"])
+    proposals = write_csv(tmp_path / "p.csv", ["vid,1,0.3,0.3,0.4,0.4,,0.9", "vid,1,0.1,0.1,0.2,0.2,1,0.9"])
+    result = read_training_samples([first, second], class_ids=[1, 2], proposals=[proposals])
+    assert result.video_ids() == ["vid", "other"]
+    vid = result.samples[0]
+    np.testing.assert_array_equal(vid.boxes[:, 0], [0.5, 0.1, 0.3])
+    np.testing.assert_array_equal(vid.labels, [[1, 0], [1, 1], [0, 0]])
+
+
 def test_rows_outside_the_label_map_are_counted_and_skipped(tmp_path):
     gt = write_csv(tmp_path / "gt.csv", ["vid,1,0.1,0.1,0.5,0.5,11,0", "vid,1,0.1,0.1,0.5,0.5,80,0",
                                         "vid,2,0.2,0.2,0.6,0.6,80,1", "vid,2,0.2,0.2,0.6,0.6,0,1"])
