@@ -53,7 +53,8 @@ class FrameStoreError(AvaPipelineError):
 class VideoFrames:
     """The stored clips of one video: ``clip(time)`` -> uint8 (T, H, W, 3) RGB, a fresh array.
 
-    ``lost``: ``{time: reason}`` of requested keyframes that decoding did not produce. Picklable (for
+    ``clips``: ``{time: rows}`` (the T stored frames of each keyframe); ``lost``: ``{time: reason}`` of
+    keyframes that decoding did not produce; ``reused``: the entry existed before this prepare. Picklable (for
     DataLoader workers): the memory map is opened on first use in each process.
     """
 
@@ -76,6 +77,7 @@ class VideoFrames:
 
     @property
     def frame_count(self) -> int:
+        """Distinct grid frames stored."""
         return max((int(rows.max()) + 1 for rows in self.clips.values() if len(rows)), default=0)
 
     def clip(self, time: Fraction) -> np.ndarray:
