@@ -150,3 +150,30 @@ def test_same_size_head_is_loaded_and_another_class_count_is_reinitialised(tmp_p
     report = load_initial_weights(build_training_model(ModelConfig(**TINY_MODEL, num_classes=3), seed=0),
                                   tmp_path / "ava80.pyth", own)
     assert report.head.startswith("re-initialised") and report.kept_rows == ()
+
+
+def test_a_pyslowfast_yaml_trains_unchanged_on_a_cpu(tmp_path):
+    """Upper-case PySlowFast keys, an 8-GPU machine in the file, WEIGHT_DECAY 1e-4 as yacs reads it."""
+    data = write_dataset(tmp_path)
+    config = tmp_path / "SLOWFAST_TINY.yaml"
+    config.write_text(
+        "TRAIN: {ENABLE: True, DATASET: ava, BATCH_SIZE: 2, EVAL_PERIOD: 5, CHECKPOINT_PERIOD: 1, AUTO_RESUME: True,"
+        " CHECKPOINT_TYPE: caffe2}\n"
+        "DATA: {NUM_FRAMES: 8, SAMPLING_RATE: 2, TRAIN_JITTER_SCALES: [48, 56], TRAIN_CROP_SIZE: 48,"
+        " TEST_CROP_SIZE: 48, INPUT_CHANNEL_NUM: [3, 3]}\n"
+        "DETECTION: {ENABLE: True, ALIGNED: True}\n"
+        "SLOWFAST: {ALPHA: 4, BETA_INV: 4, FUSION_CONV_CHANNEL_RATIO: 2, FUSION_KERNEL_SZ: 5}\n"
+        "RESNET: {ZERO_INIT_FINAL_BN: True, WIDTH_PER_GROUP: 8, DEPTH: 50, TRANS_FUNC: bottleneck_transform}\n"
+        "SOLVER: {BASE_LR: 0.001, LR_POLICY: steps_with_relative_lrs, STEPS: [0, 1], LRS: [1, 0.1], MAX_EPOCH: 1,"
+        " WEIGHT_DECAY: 1e-4, WARMUP_EPOCHS: 0.5, WARMUP_START_LR: 0.0001, OPTIMIZING_METHOD: sgd}\n"
+        "MODEL: {NUM_CLASSES: 80, ARCH: slowfast, MODEL_NAME: SlowFast, LOSS_FUNC: bce, DROPOUT_RATE: 0.5,"
+        " HEAD_ACT: sigmoid}\n"
+        "NUM_GPUS: 8\nNUM_SHARDS: 1\nRNG_SEED: 0\nOUTPUT_DIR: .\n", encoding="utf-8")
+    result = train(config, videos=data["videos"], annotations=data["annotations"], out=tmp_path / "run",
+                   labelmap=data["labelmap"], quiet=True, say=lambda line: None)
+    steps = [r for r in read_records(result.metrics) if r["type"] == "iteration"]
+    assert [round(r["lr"], 12) for r in steps] == [0.0001, 0.0007, 0.001]  # warmup to epoch 0.5, then the step
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["model"]["num_classes"] == 3 and cfg["train"]["solver"]["weight_decay"] == 1e-4
+    assert cfg["train"]["zero_init_final_bn"] is True and cfg["train"]["batch_size"] == 2
+    assert load_config(result.config).model.width_per_group == 8
