@@ -145,8 +145,9 @@ def run(args):
             data_s = [s["data_s"] for s in steps]
             compute_s = [s["compute_s"] for s in steps]
             bare_s = bare["compute_s"]
+            split = ", ".join(f"{d:.2f} s data + {c:.1f} s compute" for d, c in zip(data_s, compute_s))
             print(f"R50 batch {batch} at 224x298, {len(steps)} iterations: ava-train "
-                  f"{sum(data_s) + sum(compute_s):.1f} s ({', '.join(f'{d:.2f} s data + {c:.1f} s compute' for d, c in zip(data_s, compute_s))}); "
+                  f"{sum(data_s) + sum(compute_s):.1f} s ({split}); "
                   f"peak RSS {peak / 1024:.2f} GB (whole command, {wall:.0f} s with frame preparation)")
             print(f"  bare step on random tensors: {sum(bare_s):.1f} s ({', '.join(f'{s:.1f}' for s in bare_s)}); peak "
                   f"RSS {bare['peak_rss_mb'] / 1024:.2f} GB; ratio ava-train/bare: time "
