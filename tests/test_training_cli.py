@@ -143,14 +143,14 @@ def test_an_out_folder_of_another_run_or_of_something_else_is_refused(setup, tmp
     assert (tmp_path / "run" / "checkpoints" / "checkpoint_epoch_00001.pyth").read_bytes() == before
 
 
-def test_videos_that_do_not_decode_stop_the_run_after_the_frame_pass(setup, tmp_path, capsys):
-    """Found while preparing frames (after the summary lines): the error is still one line naming the file."""
-    for video in setup["videos"].iterdir():
-        video.write_bytes(b"\x00" * 1000)
-    assert main(_args(setup, tmp_path / "run")) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ava-train: error")]
-    assert len(errors) == 1 and errors[0].startswith("ava-train: error: only 0 training keyframes have frames")
-    assert "clip_a.mkv" in errors[0]
+def test_a_video_that_does_not_decode_and_a_keyframe_past_the_end(setup, tmp_path, capsys):
+    """Both found from the headers before the frame pass: one line naming the file (or the annotation row)."""
+    with open(setup["annotations"], "a") as f:
+        f.write("clip_b,60,0.05,0.1,0.45,0.9,11,0\n")  # the videos are 4 s long
+    _fails(capsys, _args(setup, tmp_path / "run"), "train.csv:", "clip_b")
+    (setup["videos"] / "clip_a.mkv").write_bytes(b"\x00" * 1000)
+    _fails(capsys, _args(setup, tmp_path / "run"), "clip_a.mkv")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_input_files(setup, tmp_path, capsys):

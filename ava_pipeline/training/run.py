@@ -1,8 +1,8 @@
 """``train()``: one training run from the movie files to ``RUN/`` (what ``ava-train`` calls).
 
 Order of work: everything that can be checked cheaply is checked before any frame is decoded (config and
-flags, label map, the ``--out`` folder, every annotation / proposal / exclusion row, the video files, the
-initial weights), then the frames are prepared (one decoding pass per video into the frame store
+flags, label map, the ``--out`` folder, every annotation / proposal / exclusion row, the video files and their
+headers (a file that does not decode, a keyframe past the end), the initial weights), then the frames are prepared (one decoding pass per video into the frame store
 ``RUN/frames``), then the epochs run. Errors up front are package errors (``ConfigError``, ``InputFormatError``,
 ``WeightsError``) naming the file and row; ``ava-train`` prints them on one line and exits with status 2.
 
@@ -35,7 +35,7 @@ from ava_pipeline.training.init import build_training_model, describe_parameters
 from ava_pipeline.training.loop import LoopHooks, fit
 from ava_pipeline.training.metrics import MetricsLog, plot_curves
 from ava_pipeline.training.optim import build_optimizer
-from ava_pipeline.training.samples import find_videos, read_training_samples
+from ava_pipeline.training.samples import check_videos, find_videos, read_training_samples
 from ava_pipeline.training.settings import TrainSettings, load_train_settings, settings_mapping, with_overrides
 from ava_pipeline.training.validation import read_validation_set, validate
 from ava_pipeline.weights import ZOO, download, sha256_of
@@ -183,12 +183,17 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                           f"{settings.batch_size}, so an epoch would have no iteration (drop_last); pass "
                           f"--batch-size {max(len(samples), 1)} or fewer")
     video_paths = find_videos(videos, samples.video_ids(), rows=samples.first_rows())
+    clip = dict(fps=model_cfg.data.fps, num_frames=model_cfg.model.num_frames,
+                sampling_rate=model_cfg.model.sampling_rate)
+    check_videos(samples.samples, video_paths, **clip)  # headers only: undecodable files, keyframes past the end
     validation = None
     if val_annotations is not None:
         validation = read_validation_set(val_annotations, class_ids=class_ids, proposals=list(val_proposals),
                                          exclusions=val_exclusions, score_thresh=model_cfg.box_thresh)
         summary.append(f"validation set: {validation.summary}")
-        video_paths.update(find_videos(videos, dict.fromkeys(s.video_id for s in validation.samples)))
+        val_paths = find_videos(videos, dict.fromkeys(s.video_id for s in validation.samples))
+        check_videos(validation.samples, val_paths, **clip)
+        video_paths.update(val_paths)
     elif val_proposals or val_exclusions:
         raise ConfigError("--val-proposals and --val-exclusions need --val-annotations (the ground truth to score)")
 
