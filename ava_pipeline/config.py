@@ -18,6 +18,7 @@ listed in ``PYSLOWFAST_IGNORED`` and skipped on purpose; anything else is an err
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import math
@@ -30,6 +31,7 @@ from typing import Any, Optional
 import yaml
 
 from .errors import ConfigError
+from .labels import PACKAGED_LABEL_MAPS, read_label_map
 
 PerPathway = tuple[int, ...]
 """One value per pathway: ``(slow, fast)`` for SlowFast, ``(slow,)`` for Slow-only."""
@@ -167,7 +169,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if hint is bool:
@@ -204,6 +206,21 @@ def _build(cls, values: Any, where: str):
             raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r}{_suggest(str(key), names)}")
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def from_mapping(cls, values: Any, where: str = ""):
+    """Instantiate dataclass ``cls`` from a YAML mapping, strictly: values converted by declared type, an unknown
+    key is a ``ConfigError`` that suggests the closest name (``where`` prefixes the keys in messages)."""
+    return _build(cls, values, where)
+
+
+def plain_values(value: Any) -> Any:
+    """A dataclass or nested tuples as YAML-ready dicts and lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain_values(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [plain_values(v) for v in value]
+    return value
 
 
 def _validate(cfg: ActionModelConfig, source: str, pyslowfast_names: Optional[dict[str, str]] = None, *,
@@ -318,7 +335,26 @@ PYSLOWFAST_IGNORED = {
     "AVA.TRAIN_PREDICT_BOX_LISTS", "AVA.TEST_PREDICT_BOX_LISTS", "AVA.TRAIN_GT_BOX_LISTS", "AVA.FRAME_DIR",
     "AVA.FRAME_LIST_DIR", "AVA.ANNOTATION_DIR", "AVA.TRAIN_LISTS", "AVA.TEST_LISTS", "AVA.EXCLUSION_FILE",
     "AVA.GROUNDTRUTH_FILE", "AVA.TRAIN_USE_COLOR_AUGMENTATION", "AVA.TRAIN_PCA_JITTER_ONLY", "AVA.FULL_TEST_ON_VAL",
+    # read by the training settings (ava_pipeline.training.settings)
+    "DATA.TRAIN_PCA_EIGVAL", "DATA.TRAIN_PCA_EIGVEC", "MODEL.FROZEN_BN", "RESNET.ZERO_INIT_FINAL_CONV",
 }
+
+TRAIN_SECTION = "train"
+"""Top-level key of our YAML holding the training settings (read by ``ava_pipeline.training.settings``; model
+loading skips it, so a training run's ``config.yaml`` is also an inference config)."""
+
+
+def yacs_value(value: Any) -> Any:
+    """A PySlowFast YAML value as PySlowFast's yacs reads it: a string that is a Python literal becomes that
+    literal (``1e-4`` is a float there, a string to plain YAML), mappings are decoded key by key."""
+    if isinstance(value, dict):
+        return {key: yacs_value(item) for key, item in value.items()}
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value
+    return value
 
 
 def _is_ignored(section: str, key: Optional[str]) -> bool:
@@ -326,6 +362,7 @@ def _is_ignored(section: str, key: Optional[str]) -> bool:
 
 
 def _from_pyslowfast(raw: dict, source: str, name: str) -> ActionModelConfig:
+    raw = yacs_value(raw)
     sections: dict[Optional[str], dict] = {None: {"name": name}, "model": {}, "data": {}}
     known_sections = {s for s, _ in _PYSLOWFAST_KEYS} | {s for s, _ in _PYSLOWFAST_REQUIRED}
     classes = {None: ActionModelConfig, "model": ModelConfig, "data": DataConfig}
@@ -389,8 +426,8 @@ def _resolve(source: str | Path) -> Path:
                       f"{_suggest(str(source), names, list_all=False)} (packaged: {', '.join(names)})")
 
 
-def load_config(source: str | Path) -> ActionModelConfig:
-    """Load a config from a YAML path (ours or PySlowFast's) or a packaged config name."""
+def read_config_mapping(source: str | Path) -> tuple[Path, dict, bool]:
+    """``(path, raw mapping, is_pyslowfast)`` of a YAML config path or packaged config name, unconverted."""
     path = _resolve(source)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -398,13 +435,48 @@ def load_config(source: str | Path) -> ActionModelConfig:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at top level")
-    pyslowfast = any(isinstance(k, str) and k.isupper() for k in raw)
+    return path, raw, any(isinstance(k, str) and k.isupper() for k in raw)
+
+
+def _next_to(path: Path, label_map: str) -> str:
+    """A relative label-map path that names a file next to the config ``path`` becomes that file's path (a
+    training run's ``config.yaml`` names its ``labelmap.pbtxt`` so, and the run folder can move)."""
+    if label_map in PACKAGED_LABEL_MAPS or Path(label_map).is_absolute():
+        return label_map
+    beside = path.parent / label_map
+    return str(beside) if beside.is_file() else label_map
+
+
+def load_config(source: str | Path) -> ActionModelConfig:
+    """Load a config from a YAML path (ours or PySlowFast's) or a packaged config name."""
+    path, raw, pyslowfast = read_config_mapping(source)
     try:
-        cfg = _from_pyslowfast(raw, str(path), name=path.stem) if pyslowfast else _build(ActionModelConfig, raw, "")
+        if pyslowfast:
+            cfg = _from_pyslowfast(raw, str(path), name=path.stem)
+        else:
+            cfg = _build(ActionModelConfig, {k: v for k, v in raw.items() if k != TRAIN_SECTION}, "")
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return _validate(cfg, str(path), _PYSLOWFAST_NAMES if pyslowfast else None)
+    cfg = dataclasses.replace(cfg, label_map=_next_to(path, cfg.label_map),
+                              eval_label_map=_next_to(path, cfg.eval_label_map))
+    cfg = _validate(cfg, str(path), _PYSLOWFAST_NAMES if pyslowfast else None)
+    if cfg.label_map != ActionModelConfig.label_map:
+        classes = len(read_label_map(cfg.label_map))
+        if classes != cfg.model.num_classes:
+            raise ConfigError(f"{path}: model.num_classes={cfg.model.num_classes} contradicts label_map "
+                              f"{cfg.label_map} ({classes} classes); the model has one output per class of its "
+                              "label map: fix one of them")
+    return cfg
+
+
+def model_action_ids(cfg: ActionModelConfig) -> tuple[int, ...]:
+    """Action id of each output column of the model: the ids of ``cfg.label_map`` in file order when it has
+    ``num_classes`` entries (a model trained on one's own label map), else ``column + 1`` (AVA's 80 actions)."""
+    ids = tuple(read_label_map(cfg.label_map))
+    if len(ids) == cfg.model.num_classes:
+        return ids
+    return tuple(range(1, cfg.model.num_classes + 1))
 
 
 def dump_config(cfg: ActionModelConfig) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 
 from .ava_csv import exact_seconds, format_seconds
 from .errors import VideoDecodeError
-from .labels import AVA_ACTIONS, action_id_of_column
-from .writers import OutputStats, atomic_output, open_output_sink
+from .labels import AVA_ACTIONS
+from .writers import OutputStats, action_id, atomic_output, open_output_sink
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import KeyframeResult
@@ -48,8 +48,9 @@ def _annotation(result: "KeyframeResult", top_k: int, labels: dict[int, str]) ->
     captions = []
     for scores in result.probs:
         best = np.argsort(-scores, kind="stable")[:top_k]
-        captions.append([f"{short_action_name(labels.get(action_id_of_column(int(c)), str(c + 1)))} "
-                         f"{float(scores[c]):.2f}" for c in best])
+        ids = [action_id(result, int(c)) for c in best]
+        captions.append([f"{short_action_name(labels.get(i, str(i)))} {float(scores[c]):.2f}"
+                         for i, c in zip(ids, best)])
     return _Annotation(float(exact_seconds(result.timestamp)), np.asarray(result.boxes, dtype=np.float32), captions)
 
 

@@ -18,7 +18,8 @@ class KeyframeResult:
     ``boxes`` float32 (K, 4) are normalized ``x1, y1, x2, y2`` in [0, 1] of the keyframe image (top-left
     origin), as the detector gave them; ``box_strings`` holds the box file's original coordinate text per box
     for precomputed boxes (written verbatim to the CSV), else None. ``box_scores`` float32 (K,) are the
-    detector scores. ``probs`` float32 (K, 80): column ``c`` is the probability of AVA action id ``c + 1``.
+    detector scores. ``probs`` float32 (K, C): column ``c`` is the probability of action id ``action_ids[c]``
+    (AVA's 80 actions: ``c + 1``; a model trained on its own label map: that map's ids in file order).
     ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
     """
 
@@ -34,6 +35,7 @@ class KeyframeResult:
     box_scores: np.ndarray
     probs: np.ndarray
     keyframe_image: np.ndarray = field(repr=False)
+    action_ids: tuple[int, ...] = ()  # action id of each probs column; empty: column c is id c + 1
 
     @property
     def num_persons(self) -> int:

@@ -4,8 +4,8 @@ Every writer consumes an iterable of keyframe results (:class:`ava_pipeline.resu
 only through its attributes: ``video_id``, ``timestamp``, ``pts``, ``pts_time``, ``image_size`` (width,
 height), ``boxes`` float32 (K, 4) normalized ``x1, y1, x2, y2`` in [0, 1] with a top-left origin,
 ``box_strings`` (the box file's original coordinate text per box, or None), ``box_scores`` float32 (K,),
-``probs`` float32 (K, 80) where column ``c`` is action id ``c + 1``, and ``keyframe_image`` uint8 (H, W, 3)
-RGB) and streams.
+``probs`` float32 (K, C) where column ``c`` is action id ``action_ids[c]`` (``c + 1`` for AVA's 80), and
+``keyframe_image`` uint8 (H, W, 3) RGB) and streams.
 
 Files appear atomically: they are written under a temporary name in the destination folder and renamed
 into place, so an interrupted run never leaves a truncated file that looks complete.
@@ -76,6 +76,12 @@ def box_texts(result: "KeyframeResult") -> list[tuple[str, str, str, str]]:
     return [tuple(format_coordinate(v) for v in box) for box in result.boxes]
 
 
+def action_id(result: "KeyframeResult", column: int) -> int:
+    """Action id of output column ``column`` of ``result``'s model (its label map's; AVA: ``column + 1``)."""
+    ids = getattr(result, "action_ids", ())
+    return ids[column] if ids else action_id_of_column(column)
+
+
 def _kept_columns(scores: np.ndarray, min_score: Optional[float]) -> np.ndarray:
     """Indices of the action columns (0-based) whose score is kept."""
     if min_score is None:
@@ -90,7 +96,7 @@ def detection_rows(result: "KeyframeResult", min_score: Optional[float] = None) 
     timestamp = format_seconds(result.timestamp)
     for texts, scores in zip(box_texts(result), result.probs):
         for column in _kept_columns(scores, min_score):
-            yield [result.video_id, timestamp, *texts, str(action_id_of_column(int(column))),
+            yield [result.video_id, timestamp, *texts, str(action_id(result, int(column))),
                    f"{float(scores[column]):.6f}"]
 
 
@@ -130,7 +136,7 @@ def detections_dataframe(results: Iterable["KeyframeResult"], *,
             columns["timestamp"].extend([timestamp] * count)
             for name, text in zip(("x1", "y1", "x2", "y2"), texts):
                 columns[name].extend([float(text)] * count)
-            columns["action_id"].extend((kept + 1).tolist())
+            columns["action_id"].extend(action_id(result, int(c)) for c in kept)
             columns["score"].extend(scores[kept].astype(np.float64).tolist())
     frame = pandas.DataFrame(columns, columns=list(DETECTION_COLUMNS))
     return frame.astype({"video_id": str, "x1": float, "y1": float, "x2": float, "y2": float,
@@ -155,7 +161,7 @@ def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = No
         pixels = [round(float(v) * size, 2) for v, size in zip(box, (width, height, width, height))]
         kept = _kept_columns(scores, min_score)
         ordered = kept[np.argsort(-scores[kept], kind="stable")]
-        actions = [{"id": action_id_of_column(int(c)), "name": labels.get(action_id_of_column(int(c)), ""),
+        actions = [{"id": action_id(result, int(c)), "name": labels.get(action_id(result, int(c)), ""),
                     "score": round(float(scores[c]), 6)} for c in ordered]
         persons.append({"box": normalized, "box_px": pixels, "detector_score": round(float(box_score), 6),
                         "actions": actions})

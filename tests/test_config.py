@@ -192,7 +192,7 @@ def test_boundary_values_load(tmp_path, section, key, value):
      "model.nonlocal_location[2] (NONLOCAL.LOCATION)=((9,), ())"),
     ("AVA", "LABEL_MAP_FILE", 5, "AVA.LABEL_MAP_FILE: expected a string, got 5"),
     ("TEST", "CHECKPOINT_FILE_PATH", 5, "TEST.CHECKPOINT_FILE_PATH: expected a string, got 5"),
-    ("RESNET", "DEPTH", "50", "RESNET.DEPTH: expected an integer, got '50'"),
+    ("RESNET", "DEPTH", "fifty", "RESNET.DEPTH: expected an integer, got 'fifty'"),
 ])
 def test_pyslowfast_errors_name_the_pyslowfast_key(tmp_path, section, key, value, message):
     data = {"MODEL": {"ARCH": "slowfast"}, section: {key: value}}
@@ -227,3 +227,35 @@ def test_unreadable_yaml_and_unknown_name(tmp_path):
         load_config(listed)
     with pytest.raises(ConfigError, match="neither a YAML file nor a packaged config"):
         load_config("NO_SUCH_MODEL")
+
+
+def test_pyslowfast_values_parse_as_yacs_literals(tmp_path):
+    """PySlowFast's yacs turns strings that are Python literals into those literals (plain YAML keeps 5e-1 a
+    string): the same file means the same model here."""
+    path = tmp_path / "pyslowfast.yaml"
+    path.write_text("MODEL:\n  DROPOUT_RATE: 5e-1\n  NUM_CLASSES: '80'\nRESNET:\n  DEPTH: 50\n", encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.model.dropout_rate == 0.5
+    assert cfg.model.num_classes == 80
+
+
+def test_label_map_beside_the_config_gives_the_output_ids(tmp_path):
+    from ava_pipeline.config import model_action_ids
+    from ava_pipeline.labels import write_label_map
+
+    write_label_map({11: "sit", 12: "stand", 14: "walk"}, tmp_path / "labelmap.pbtxt")
+    (tmp_path / "config.yaml").write_text("model: {num_classes: 3}\nlabel_map: labelmap.pbtxt\n"
+                                          "train: {batch_size: 2}\n", encoding="utf-8")
+    cfg = load_config(tmp_path / "config.yaml")
+    assert Path(cfg.label_map) == tmp_path / "labelmap.pbtxt"
+    assert model_action_ids(cfg) == (11, 12, 14)
+    assert model_action_ids(load_config("SLOWFAST_32x2_R101_50_50")) == tuple(range(1, 81))
+
+
+def test_num_classes_contradicting_the_label_map_is_an_error(tmp_path):
+    from ava_pipeline.labels import write_label_map
+
+    write_label_map({11: "sit", 12: "stand"}, tmp_path / "labelmap.pbtxt")
+    (tmp_path / "config.yaml").write_text("model: {num_classes: 3}\nlabel_map: labelmap.pbtxt\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"num_classes=3 contradicts label_map .*labelmap.pbtxt \(2 classes\)"):
+        load_config(tmp_path / "config.yaml")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: `python tools/benchmark.py {model,video,detector,pipeline,eval,batch,memory} [options]`.
+"""Benchmarks: `python tools/benchmark.py SUBCOMMAND [options]`, one per entry of SUBCOMMANDS below.
 
 Each subcommand prints absolute figures with the machine and thread count, and ratios against a baseline
 measured in the same run (never compare absolute times across runs). Subcommands live in tools/benchmarks/.
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "eval": "ava-eval wall time and peak RSS against the official ActivityNet evaluator",
     "batch": "videos/s with 1 vs 2 local workers and with the Ray engine",
     "memory": "resident memory of a worker after building an ActionDetector (fast / eager), peak",
+    "train": "ava-train s/iteration (data wait vs compute) and peak memory for R50 vs a bare step; data clips/s",
 }
 
 

@@ -1,0 +1,258 @@
+"""The training dataset: samples -> stored clip frames -> transform -> model inputs, and the batch collation.
+
+:class:`AvaClipDataset` serves one keyframe per index: its clip from the :class:`~.frames.FrameStore`
+(filled by :meth:`AvaClipDataset.prepare`, one decoding pass per video), transformed by PySlowFast's AVA
+train transform with draws that are a pure function of ``(seed, epoch, index)`` (so results do not depend
+on DataLoader workers or on resuming), or, with ``augment=False``, by the inference transform.
+:func:`collate` stacks items into a :class:`TrainingBatch` (PySlowFast's ``detection_collate``).
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import VideoDecodeError
+from .frames import FrameStore
+from .samples import SampleSet, TrainingSample, seconds_text
+from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, inference_transform,
+                         train_transform)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareReport:
+    """What :meth:`AvaClipDataset.prepare` did: videos ``decoded`` and ``reused`` from the store, the store's
+    ``disk_bytes`` for these videos, samples ``dropped`` as ``(video_id, time, reason)``, and
+    ``failed_videos`` ``{video_id: message}`` (videos that could not be decoded at all)."""
+
+    samples: int = 0
+    served: int = 0
+    decoded: int = 0
+    reused: int = 0
+    disk_bytes: int = 0
+    dropped: list = field(default_factory=list)
+    failed_videos: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        text = (f"frames of {self.decoded + self.reused} videos ready ({self.decoded} decoded, {self.reused} "
+                f"reused; {self.disk_bytes / 2 ** 30:.2f} GiB on disk); {self.served} of {self.samples} keyframes")
+        if self.dropped:
+            videos = sorted({video_id for video_id, _, _ in self.dropped})
+            text += (f"; {len(self.dropped)} keyframes dropped for data errors in {len(videos)} videos "
+                     f"({', '.join(videos[:5])}{', ...' if len(videos) > 5 else ''})")
+        return text
+
+    def as_dict(self) -> dict:
+        """JSON-friendly record (times as strings like ``"2.5"``) for ``metrics.jsonl``."""
+        return {"samples": self.samples, "served": self.served, "decoded_videos": self.decoded,
+                "reused_videos": self.reused, "disk_bytes": self.disk_bytes,
+                "dropped": [{"video_id": v, "time": seconds_text(t), "reason": r} for v, t, r in self.dropped],
+                "failed_videos": dict(self.failed_videos)}
+
+
+class AvaClipDataset(torch.utils.data.Dataset):
+    """Keyframe clips for training, one item per sample (see the module docstring).
+
+    Args:
+        samples: a :class:`~.samples.SampleSet` or a sequence of :class:`~.samples.TrainingSample`.
+        videos: ``{video_id: path}`` (:func:`~.samples.find_videos`).
+        num_frames, sampling_rate, alpha: the clip (``T``, ``tau``) and SlowFast's ratio (None: Slow-only).
+        fps: the frame grid (``DATA`` fps of the config; keyframe ``t`` -> grid frame ``round(t * fps)``).
+        mean, std, bgr: normalisation per output channel ([0, 1] scale), channel order.
+        test_crop_size: short side without augmentation (``DATA.TEST_CROP_SIZE``).
+        train_jitter_scales, train_crop_size, random_flip: ``DATA.TRAIN_JITTER_SCALES`` / ``TRAIN_CROP_SIZE`` /
+            ``RANDOM_FLIP``.
+        colour_jitter, pca_jitter_only, pca_eigval, pca_eigvec: ``AVA.TRAIN_USE_COLOR_AUGMENTATION``,
+            ``AVA.TRAIN_PCA_JITTER_ONLY``, ``DATA.TRAIN_PCA_EIGVAL`` / ``EIGVEC``.
+        augment: False = the inference transform (short side to ``test_crop_size``, no crop, no flip).
+        seed: >= 0; augmentation draws of item ``i`` in epoch ``e`` come from ``(seed, e, i)``.
+        cache_dir: folder of the frame store.
+
+    Items (``dataset[i]``, or ``dataset[(epoch, i)]`` to name the epoch explicitly): ``"inputs"`` list of
+    float32 ``(3, T_p, H, W)`` (Slow, Fast; Fast alone for Slow-only), ``"boxes"`` float32 (K, 4) ``x1, y1,
+    x2, y2`` input pixels, ``"labels"`` float32 (K, C), ``"ori_boxes"`` float64 (K, 4) normalised as read,
+    ``"video_id"``, ``"time"`` (Fraction seconds), ``"index"``.
+    """
+
+    def __init__(self, samples, videos: Mapping, *, num_frames: int, sampling_rate: int, alpha: Optional[int],
+                 fps, mean: Sequence[float], std: Sequence[float], bgr: bool = False, test_crop_size: int,
+                 train_jitter_scales: Sequence[int] = (256, 320), train_crop_size: int = 224,
+                 random_flip: bool = True, colour_jitter: bool = False, pca_jitter_only: bool = True,
+                 pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC, augment: bool = True,
+                 seed: int = 0, cache_dir):
+        self._all = list(samples.samples if isinstance(samples, SampleSet) else samples)
+        missing = sorted({s.video_id for s in self._all} - set(videos))
+        if missing:
+            raise ValueError(f"no video path for video ids {missing[:5]}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if augment and min(train_jitter_scales) < train_crop_size:
+            raise ValueError(f"TRAIN_JITTER_SCALES {list(train_jitter_scales)} go below TRAIN_CROP_SIZE "
+                             f"{train_crop_size}; the crop must fit the jittered frames")
+        if augment and train_jitter_scales[0] > train_jitter_scales[1]:
+            raise ValueError(f"TRAIN_JITTER_SCALES {list(train_jitter_scales)}: expected [min, max]")
+        self.videos = dict(videos)
+        self.clip_settings = dict(num_frames=num_frames, sampling_rate=sampling_rate, fps=Fraction(str(fps)))
+        self.alpha = alpha
+        self.normalisation = dict(mean=tuple(mean), std=tuple(std), bgr=bgr)
+        self.test_crop_size = test_crop_size
+        self.augmentation = dict(jitter_scales=tuple(train_jitter_scales), crop_size=train_crop_size,
+                                 random_flip=random_flip, colour_jitter=colour_jitter,
+                                 pca_jitter_only=pca_jitter_only)
+        self.pca = dict(pca_eigval=tuple(pca_eigval), pca_eigvec=tuple(tuple(row) for row in pca_eigvec))
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.store = FrameStore(cache_dir)
+        self._frames: dict = {}
+        self._served: Optional[list] = None
+
+    @property
+    def samples(self) -> list:
+        """The samples served, in index order (after :meth:`prepare`: without the dropped ones)."""
+        return list(self._served if self._served is not None else self._all)
+
+    def prepare(self, workers: int = 0, progress: Optional[Callable[[int, int, str], None]] = None
+                ) -> PrepareReport:
+        """Decode (or reuse from the store) the frames every sample needs, one pass per video; drop, with a
+        warning, the samples whose frames cannot be had (a video that does not decode, keyframes lost to damage
+        or past the end). Raises :class:`~.frames.FrameStoreError`, before decoding anything, when the store's
+        disk lacks the space the new frames need (estimated from the videos' headers). ``workers`` > 1 prepares
+        that many videos at once; ``progress(done, total, video_id)`` is called after each video."""
+        by_video: dict[str, list] = {}
+        for sample in self._all:
+            by_video.setdefault(sample.video_id, []).append(sample.time)
+        report = PrepareReport(samples=len(self._all))
+        needed = 0
+        for video_id, times in by_video.items():
+            try:
+                needed += self.store.missing_bytes(video_id, self.videos[video_id], times, **self.clip_settings)
+            except VideoDecodeError:
+                pass  # reported by its prepare below
+        self.store.check_space(needed)  # before hours of decoding, not after
+
+        def prepare_one(video_id):
+            try:
+                return video_id, self.store.prepare(video_id, self.videos[video_id], by_video[video_id],
+                                                    **self.clip_settings), None
+            except VideoDecodeError as error:
+                return video_id, None, str(error)
+
+        done = 0
+        if workers > 1:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ava-train-prepare")
+            results = pool.map(prepare_one, by_video)
+        else:
+            pool, results = None, map(prepare_one, by_video)
+        try:
+            for video_id, frames, failure in results:
+                done += 1
+                if failure is not None:
+                    report.failed_videos[video_id] = failure
+                    logger.warning("dropping all %d keyframes of video %s: %s", len(by_video[video_id]), video_id,
+                                   failure)
+                else:
+                    self._frames[video_id] = frames
+                    report.decoded += not frames.reused
+                    report.reused += frames.reused
+                    report.disk_bytes += frames.disk_bytes
+                    if frames.lost:
+                        lost = sorted(frames.lost)
+                        shown = ", ".join(seconds_text(t) for t in lost[:5]) + (", ..." if len(lost) > 5 else "")
+                        logger.warning("dropping %d keyframes of video %s (%s): %s", len(lost), video_id, shown,
+                                       frames.lost[lost[0]])
+                if progress is not None:
+                    progress(done, len(by_video), video_id)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        served = []
+        for sample in self._all:
+            frames = self._frames.get(sample.video_id)
+            if frames is None:
+                report.dropped.append((sample.video_id, sample.time, report.failed_videos[sample.video_id]))
+            elif sample.time in frames.lost:
+                report.dropped.append((sample.video_id, sample.time, frames.lost[sample.time]))
+            else:
+                served.append(sample)
+        self._served = served
+        report.served = len(served)
+        return report
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the augmentation draws of ``epoch`` (>= 0) from now on."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._require_prepared())
+
+    def _require_prepared(self) -> list:
+        if self._served is None:
+            raise RuntimeError("call AvaClipDataset.prepare() before reading items")
+        return self._served
+
+    def __getitem__(self, index) -> dict:
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = index
+        epoch, index = int(epoch), int(index)
+        served = self._require_prepared()
+        if not 0 <= index < len(served):
+            raise IndexError(f"index {index} outside the dataset's {len(served)} samples")
+        sample: TrainingSample = served[index]
+        frames = self._frames[sample.video_id].clip(sample.time)
+        if self.augment:
+            draw = draw_train_augmentation(augmentation_rng(self.seed, epoch, index), frames.shape[2],
+                                           frames.shape[1], **self.augmentation)
+            inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
+                                            alpha=self.alpha, **self.normalisation, **self.pca)
+        else:
+            inputs, boxes = inference_transform(frames, sample.boxes, test_size=self.test_crop_size, alpha=self.alpha,
+                                           **self.normalisation)
+        return {"inputs": inputs, "boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(sample.labels),
+                "ori_boxes": torch.from_numpy(sample.boxes), "video_id": sample.video_id, "time": sample.time,
+                "index": index}
+
+
+@dataclass
+class TrainingBatch:
+    """A batch of N clips with K boxes in all.
+
+    ``inputs``: list of float32 ``(N, 3, T_p, H, W)`` (Slow, Fast); ``boxes``: float32 (K, 5)
+    ``batch_index, x1, y1, x2, y2`` in input pixels; ``labels``: float32 (K, C); ``ori_boxes``: float64 (K, 4)
+    normalised as read; ``keys``: ``(video_id, time)`` per clip (box ``k`` belongs to clip
+    ``int(boxes[k, 0])``); ``indices``: dataset index per clip.
+    """
+
+    inputs: list
+    boxes: torch.Tensor
+    labels: torch.Tensor
+    ori_boxes: torch.Tensor
+    keys: list
+    indices: list
+
+
+def collate(items: Sequence[dict]) -> TrainingBatch:
+    """Stack dataset items into a :class:`TrainingBatch` (clips must share one frame size)."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    shapes = {tuple(item["inputs"][-1].shape) for item in items}
+    if len(shapes) > 1:
+        raise ValueError(f"clips of different sizes {sorted(shapes)} cannot share a batch (without augmentation "
+                         "the frame size follows each video's aspect ratio): use batch size 1, or augmentation")
+    inputs = [torch.stack([item["inputs"][p] for item in items]) for p in range(len(items[0]["inputs"]))]
+    boxes = torch.cat([torch.cat([torch.full((len(item["boxes"]), 1), float(i)), item["boxes"]], dim=1)
+                       for i, item in enumerate(items)])
+    return TrainingBatch(inputs=inputs, boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
+                         ori_boxes=torch.cat([item["ori_boxes"] for item in items]),
+                         keys=[(item["video_id"], item["time"]) for item in items],
+                         indices=[item["index"] for item in items])

@@ -1,0 +1,152 @@
+"""The training loop: PySlowFast's ``train_epoch`` for AVA, epoch by epoch, with evaluation and checkpoints.
+
+Per iteration (PySlowFast's order): learning rate for ``epoch + iteration / iterations_per_epoch`` set on every
+parameter group; forward in train mode (batch-statistics BatchNorm, dropout) giving per-box probabilities;
+``BCELoss(reduction="mean")`` over all K x C entries of the batch; a NaN/inf loss stops the run
+(``TrainingDivergedError``); zero_grad, backward, SGD step. Epochs hold ``floor(samples / batch_size)``
+iterations (``drop_last``). After every ``eval_period``-th epoch and the last one the model is evaluated on the
+validation set; after every ``checkpoint_period``-th epoch and the last one a checkpoint is written (after the
+evaluation, so a run that resumes from a checkpoint also has its evaluation).
+
+Determinism: the data order of epoch ``e`` is a permutation drawn from ``(seed, e)`` (or the sample order without
+shuffling), the dataset's augmentation draws come from ``(seed, e, index)``, and the loader never touches torch's
+global generator, which only dropout draws from and which the checkpoints save. So a resumed run repeats the
+uninterrupted one bit for bit, whatever the number of DataLoader workers.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ava_pipeline.errors import AvaPipelineError
+from ava_pipeline.training.optim import learning_rate, set_learning_rate
+from ava_pipeline.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(AvaPipelineError):
+    """The loss became NaN or infinite (PySlowFast stops the same way)."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for epoch ``epoch`` of a run seeded ``seed`` (independent streams per epoch)."""
+    return int(np.random.SeedSequence([seed, epoch, 0x5A3D]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` for the samples of one epoch: a permutation drawn from ``(seed, epoch)`` with
+    ``shuffle``, else ``0..size-1``. The epoch travels with each index, so DataLoader workers use the right
+    augmentation draws however they were started."""
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self):
+        return iter([(self.epoch, index) for index in self.order()])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: list[torch.Tensor], boxes: torch.Tensor,
+               labels: torch.Tensor, lr: float) -> float:
+    """One PySlowFast training iteration on tensors already on the model's device; returns ``loss.item()``.
+
+    ``inputs``: ``[slow (N,3,T/alpha,H,W), fast (N,3,T,H,W)]`` float32; ``boxes``: (K, 5) float32
+    ``[batch_index, x1, y1, x2, y2]`` in input pixels; ``labels``: (K, C) float32 multi-hot.
+    """
+    set_learning_rate(optimizer, lr)
+    probs = model(inputs, boxes)
+    loss = F.binary_cross_entropy(probs, labels, reduction="mean")
+    value = loss.item()
+    if not np.isfinite(value):
+        raise TrainingDivergedError(f"the training loss became {value} at lr {lr:g}; lower --lr (SOLVER.BASE_LR) "
+                                    "or lengthen the warmup (SOLVER.WARMUP_EPOCHS)")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return value
+
+
+def is_due(epoch: int, period: int, last_epoch: int) -> bool:
+    """Whether 0-based ``epoch`` ends with a checkpoint / evaluation (every ``period``-th and the last one)."""
+    return (epoch + 1) % period == 0 or epoch + 1 == last_epoch
+
+
+@dataclass
+class LoopHooks:
+    """What the loop calls out to: ``evaluate(epoch_number) -> record or None``, ``save(epoch_number)``,
+    ``log(record_type, **values)``, ``progress`` (a tqdm-like bar or None) and ``say(line)``."""
+
+    evaluate: Callable[[int], Optional[dict]]
+    save: Callable[[int], None]
+    log: Callable[..., None]
+    say: Callable[[str], None]
+    progress: Optional[object] = None
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, settings: TrainSettings, *,
+        start_epoch: int, device: torch.device, workers: int, hooks: LoopHooks) -> None:
+    """Train epochs ``start_epoch .. max_epoch - 1`` (0-based) on ``dataset`` (module docstring)."""
+    solver = settings.solver
+    sampler = EpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle)
+    iterations = len(dataset) // settings.batch_size
+    step = start_epoch * iterations
+    for epoch in range(start_epoch, solver.max_epoch):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+            collate_fn=collate, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch) + 1))
+        model.train()
+        losses = []
+        started = waited_from = time.perf_counter()
+        for iteration, batch in enumerate(loader):
+            data_s = time.perf_counter() - waited_from
+            computed_from = time.perf_counter()
+            inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
+            lr = learning_rate(solver, epoch + float(iteration) / iterations)
+            loss = train_step(model, optimizer, inputs, batch.boxes.to(device), batch.labels.to(device), lr)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compute_s = time.perf_counter() - computed_from
+            step += 1
+            losses.append(loss)
+            hooks.log("iteration", epoch=epoch + 1, iteration=iteration + 1, step=step, lr=lr, loss=loss,
+                      boxes=int(batch.boxes.shape[0]), data_s=round(data_s, 6), compute_s=round(compute_s, 6))
+            if hooks.progress is not None:
+                hooks.progress.set_postfix_str(f"epoch {epoch + 1}/{solver.max_epoch} loss {loss:.4f} lr {lr:.3g}",
+                                               refresh=False)
+                hooks.progress.update(1)
+            waited_from = time.perf_counter()
+        seconds = time.perf_counter() - started
+        mean_loss = float(np.mean(losses)) if losses else float("nan")
+        hooks.log("epoch", epoch=epoch + 1, loss=mean_loss, iterations=len(losses), seconds=round(seconds, 3))
+        hooks.say(f"epoch {epoch + 1}/{solver.max_epoch}: mean loss {mean_loss:.4f} over {len(losses)} iterations "
+                  f"in {seconds:.1f} s")
+        if is_due(epoch, settings.eval_period, solver.max_epoch):
+            record = hooks.evaluate(epoch + 1)
+            if record is not None:
+                hooks.log("eval", epoch=epoch + 1, **record)
+                hooks.say(f"epoch {epoch + 1}: val frame-mAP@0.5 {100 * (record['mAP'] or 0.0):.2f}% on "
+                          f"{record['keyframes']} keyframes")
+        if is_due(epoch, settings.checkpoint_period, solver.max_epoch):
+            hooks.save(epoch + 1)
