@@ -32,6 +32,8 @@ from .errors import ConfigError, InputFormatError
 DETECTOR_BACKENDS = ("torchvision", "detectron2", "precomputed")
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """Action-model precisions: name -> torch dtype (fp16 / bf16 run under autocast)."""
+RUNTIMES = ("torch", "onnx")
+"""What runs the action model: torch (the fast path), or onnxruntime on a file written by ava-export."""
 
 
 @dataclass
@@ -189,7 +191,9 @@ class ActionDetector:
     decoded ahead. The action model runs through :func:`ava_pipeline.models.inference.optimize_for_inference`
     (BatchNorm folded, fused oneDNN convolutions on CPU; equal to the eager model within float32 rounding)
     unless ``fast=False``; ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is
-    very slow on CPUs without native support).
+    very slow on CPUs without native support). ``runtime="onnx"`` runs the action model through onnxruntime
+    on the file ``onnx`` written by ``ava-export`` instead (config and weights come from the file; a given
+    ``model`` / ``config`` / ``weights`` must be the ones it was exported from).
 
     Every argument is a plain picklable value; :attr:`settings` returns them, and ``ActionDetector(**settings)``
     (what pickling does) rebuilds an equal detector, e.g. in a worker process.
@@ -201,11 +205,12 @@ class ActionDetector:
     def __init__(self, model: Optional[str] = None, *, config: Optional[str] = None, weights: Optional[str] = None,
                  detector: Optional[str] = None, boxes: Optional[str] = None, box_thresh: Optional[float] = None,
                  detector_options: Optional[dict] = None, keyframes=None, device: str = "cpu",
-                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32"):
+                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32",
+                 runtime: str = "torch", onnx: Optional[str] = None):
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
-                              fast=fast, precision=precision)
+                              fast=fast, precision=precision, runtime=runtime, onnx=onnx)
         if model is not None and config is not None:
             raise ConfigError(f"give a zoo model name or a config, not both (model={model!r}, config={config!r})")
         if boxes is not None and detector not in (None, "precomputed"):
@@ -220,6 +225,13 @@ class ActionDetector:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and not fast:
             raise ConfigError(f"precision={precision!r} runs through the fast inference path; drop fast=False")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
+        if (runtime == "onnx") != (onnx is not None):
+            raise ConfigError("runtime='onnx' needs the exported file (onnx=PATH / --onnx FILE)" if onnx is None
+                              else f"onnx={str(onnx)!r} is only used with runtime='onnx' (--runtime onnx)")
+        if runtime == "onnx" and precision != "fp32":
+            raise ConfigError(f"precision={precision!r} is a torch setting; the onnx runtime runs the file's float32")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if box_thresh is not None and not 0.0 <= box_thresh <= 1.0:
@@ -239,12 +251,20 @@ class ActionDetector:
         self.batch_size = batch_size
         self.prefetch = prefetch
         self.keyframes = keyframes
-        self.model = load_action_model(self.model_source, weights=weights, device=self.device)
+        if runtime == "onnx":  # the file carries config and weights; a given config / weights must be its own
+            from .models.onnx_runtime import open_onnx_action_model
+
+            self.model_source = str(config if config is not None else (model or onnx))
+            self.model = open_onnx_action_model(onnx, model=model, config=config, weights=weights, device=device)
+            self.runtime_model = self.model
+        else:
+            self.model = load_action_model(self.model_source, weights=weights, device=self.device)
+            dtype = getattr(torch, PRECISIONS[precision])
+            self.runtime_model = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
+                                  else self.model)
+        """What :meth:`stream` runs: the fast inference copy of :attr:`model`, :attr:`model` itself, or the
+        onnxruntime session of runtime ``"onnx"`` (then also :attr:`model`)."""
         self.config = self.model.config
-        dtype = getattr(torch, PRECISIONS[precision])
-        self.runtime_model = (optimize_for_inference(self.model, device=self.device, dtype=dtype) if fast
-                              else self.model)
-        """What :meth:`stream` runs: the fast inference copy of :attr:`model`, or :attr:`model` itself."""
         self.box_thresh = self.config.box_thresh if box_thresh is None else float(box_thresh)
         self.detector_backend = backend
         self.detector = build_detector(backend, boxes_csv=boxes, score_thresh=self.box_thresh, device=str(self.device),
