@@ -208,6 +208,7 @@ def _trace_to_onnx(module, args: tuple, out: Path, *, input_names, output_names,
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", message=".*advanced indexing.*")
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # torchvision's tracing
             with torch.no_grad():
                 torch.onnx.export(module, args, str(partial), input_names=list(input_names),
                                   output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
@@ -247,7 +248,9 @@ def export_action_model(model, config, out: str | Path, *, opset: int = DEFAULT_
 def export_person_detector(detector, out: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
     """Write a torchvision person detector (``detector.TorchvisionPersonDetector``) to ``out`` as ONNX.
 
-    The graph keeps every COCO class with the detector's score threshold (the model's
+    onnxruntime reproduces torchvision's boxes and scores for images whose short side is already the model's
+    input size; for other sizes the exported resize (torchvision's traced ``interpolate``) can produce an image
+    one pixel smaller than torchvision's, which moves the boxes slightly. The graph keeps every COCO class with the detector's score threshold (the model's
     ``roi_heads.score_thresh``); selecting persons (``labels == person label``), the minimum box size and
     the per-image cap stay with the caller, as recorded in ``preprocessing``. Returns ``out``.
     """
@@ -272,7 +275,10 @@ def export_person_detector(detector, out: str | Path, *, opset: int = DEFAULT_OP
     transform = network.transform
     categories = _coco_categories(detector.name)
     preprocessing = {
-        "input": "image (3, H, W) float32 RGB in [0, 1]; resize and normalisation happen inside the graph",
+        "input": "image (3, H, W) float32 RGB in [0, 1]; resize and normalisation happen inside the graph, but "
+                 "the graph's resize can come out one pixel short of torchvision's (e.g. 150x100 -> 239x159, not "
+                 "240x160): for torchvision's exact results pass images already resized so that the short side "
+                 "is input_min_size (long side <= input_max_size)",
         "input_min_size": int(transform.min_size[0]), "input_max_size": int(transform.max_size),
         "image_mean": list(transform.image_mean), "image_std": list(transform.image_std),
         "score_thresh": detector.score_thresh, "person_label": detector.person_label,
