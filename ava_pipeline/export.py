@@ -44,7 +44,7 @@ ACTION_INPUTS = {"slowfast": ("slow", "fast", "boxes"), "slow": ("slow", "boxes"
 ACTION_OUTPUT = "probs"
 DETECTOR_INPUT = "image"
 DETECTOR_OUTPUTS = ("boxes", "scores", "labels")
-INSTALL_HINT = "install them with: pip install 'ava-pipeline[onnx]'"
+INSTALL_HINT = "install it with the onnx extra: pip install 'ava-pipeline[onnx]'"
 
 
 def require(module_name: str, purpose: str):

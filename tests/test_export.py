@@ -185,7 +185,7 @@ def test_missing_onnx_package_is_one_line_with_the_install_command(tmp_path, cap
     assert main(["--config", str(config), "--weights", str(weights), "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("ava-export: error: ava-export needs the optional package 'onnx', which is not installed; "
-                   "install them with: pip install 'ava-pipeline[onnx]'")
+                   "install it with the onnx extra: pip install 'ava-pipeline[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
 
 
