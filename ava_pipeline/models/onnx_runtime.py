@@ -7,14 +7,11 @@ AVA action id ``c + 1``. Its ``config`` and ``weights_sha256`` come from the fil
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError, InputFormatError
 from ..export import ACTION_INPUTS, ACTION_OUTPUT, OnnxMetadata, require
-
-log = logging.getLogger(__name__)
 
 
 class OnnxActionModel:
