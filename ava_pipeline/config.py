@@ -488,3 +488,14 @@ def dump_config(cfg: ActionModelConfig) -> str:
     data = {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v))
             for k, v in dataclasses.asdict(cfg).items()}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def parse_config(text: str, source: str) -> ActionModelConfig:
+    """The inverse of :func:`dump_config`: a config from our YAML text (``source`` names it in errors)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: cannot read YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at top level")
+    return _validate(_build(ActionModelConfig, raw, ""), source)

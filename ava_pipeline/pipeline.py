@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """Action-model precisions: name -> torch dtype (fp16 / bf16 run under autocast)."""
+RUNTIMES = ("torch", "onnx")
+"""What runs the action model: torch (the fast path), or onnxruntime on a file written by ava-export."""
 
 
 @dataclass
@@ -168,6 +170,9 @@ class ActionDetector:
     copy is kept. ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is very slow on
     CPUs without native support). ``persons_only=True`` runs the person detector alone (no action model is
     loaded; only the keyframes are decoded): results carry boxes and box scores with no action columns.
+    ``runtime="onnx"`` runs the action model through onnxruntime on the file ``onnx`` written by ``ava-export``
+    instead (config and weights come from the file; a given ``model`` / ``config`` / ``weights`` must be the
+    ones it was exported from).
 
     :attr:`settings` returns the constructor's arguments and :meth:`from_settings` rebuilds an equal detector
     from them (what pickling does, e.g. for a worker process): names and paths travel as they are, objects as
@@ -182,15 +187,23 @@ class ActionDetector:
                  boxes: Optional[str | Path] = None, box_thresh: Optional[float] = None,
                  detector_options: Optional[dict] = None, keyframes: Any = None, device: str = "cpu",
                  batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32",
-                 persons_only: bool = False):
+                 persons_only: bool = False, runtime: str = "torch", onnx: Optional[str | Path] = None):
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
-                              fast=fast, precision=precision, persons_only=persons_only)
+                              fast=fast, precision=precision, persons_only=persons_only,
+                              runtime=runtime, onnx=onnx)
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and not fast:
             raise ConfigError(f"precision={precision!r} runs through the fast inference path; drop fast=False")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}; use one of {list(RUNTIMES)}")
+        if (runtime == "onnx") != (onnx is not None):
+            raise ConfigError("runtime='onnx' needs the exported file (onnx=PATH / --onnx FILE)" if onnx is None
+                              else f"onnx={str(onnx)!r} is only used with runtime='onnx' (--runtime onnx)")
+        if runtime == "onnx" and precision != "fp32":
+            raise ConfigError(f"precision={precision!r} is a torch setting; the onnx runtime runs the file's float32")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if box_thresh is not None and not 0.0 <= box_thresh <= 1.0:
@@ -207,7 +220,7 @@ class ActionDetector:
         self.batch_size = batch_size
         self.prefetch = prefetch
         self.keyframes = keyframes
-        self.model_source, self.config, load = self._action_model_source(model, config, weights)
+        self.model_source, self.config, load = self._action_model_source(model, config, weights, runtime, onnx)
         from .config import model_action_ids
 
         self.action_ids = model_action_ids(self.config)
@@ -223,9 +236,14 @@ class ActionDetector:
         self.timings = StageTimings()
         """Cumulative over every stream of this detector."""
 
-    def _action_model_source(self, model, config, weights) -> tuple[str, Any, Callable]:
+    def _action_model_source(self, model, config, weights, runtime: str, onnx) -> tuple[str, Any, Callable]:
         """(name for messages, ActionModelConfig, ``load(fast, dtype) -> model``) without loading weights yet,
         so that a bad detector argument fails before the model is read."""
+        if runtime == "onnx":  # the file carries config and weights; a given config / weights must be its own
+            from .models.onnx_runtime import open_onnx_action_model
+
+            session = open_onnx_action_model(onnx, model=model, config=config, weights=weights, device=self.device)
+            return str(config if config is not None else (model or onnx)), session.config, lambda fast, dtype: session
         from torch import nn
 
         from .config import ActionModelConfig, load_config

@@ -96,7 +96,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ..batch import ENGINES
     from ..detector import BACKENDS
-    from ..pipeline import PRECISIONS
+    from ..pipeline import PRECISIONS, RUNTIMES
     from ..weights.zoo import DEFAULT_MODEL, zoo_names
     from ..writers import OUTPUT_SUFFIXES
 
@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keyframes per action-model forward pass (default 8)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="what runs the action model: torch (default) or onnxruntime on the --onnx file")
+    parser.add_argument("--onnx", metavar="FILE", help="action model exported by ava-export (implies --runtime "
+                        "onnx; its config and weights come from the file)")
     parser.add_argument("--format", dest="output_format", choices=tuple(OUTPUT_SUFFIXES),
                         help="csv: AVA rows per box and action; jsonl: one object per keyframe; proposals: AVA "
                         "box rows per person (default: jsonl for an --out file ending .jsonl, else csv; "
@@ -208,7 +212,8 @@ def detector_settings(args: argparse.Namespace) -> dict:
     return dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
                 boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
                 batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision,
-                persons_only=args.persons_only)
+                persons_only=args.persons_only, runtime=args.runtime or ("onnx" if args.onnx else "torch"),
+                onnx=args.onnx)
 
 
 def _check_usage(args: argparse.Namespace) -> None:
@@ -219,7 +224,12 @@ def _check_usage(args: argparse.Namespace) -> None:
             raise UsageError(f"--persons-only runs the person detector alone; drop {' and '.join(given)}")
     if args.boxes is not None and not Path(args.boxes).is_file():
         raise UsageError(f"{args.boxes}: box file not found")
-    for option, path in (("--weights", args.weights), ("--detector-weights", args.detector_weights)):
+    if args.runtime == "onnx" and args.onnx is None:
+        raise UsageError("--runtime onnx needs --onnx FILE (the action model written by ava-export)")
+    if args.runtime == "torch" and args.onnx is not None:
+        raise UsageError(f"--onnx {args.onnx} is run by onnxruntime; drop --runtime torch or --onnx")
+    for option, path in (("--weights", args.weights), ("--detector-weights", args.detector_weights),
+                         ("--onnx", args.onnx)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{option} {path}: file not found")
     if args.device.startswith("cuda"):
@@ -263,7 +273,8 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
 
     inputs = [(f"the input video {path}", path) for path, _ in videos]
     inputs += [(f"the --{option.replace('_', '-')} file {getattr(args, option)}", getattr(args, option))
-               for option in ("boxes", "config", "weights", "detector_weights") if getattr(args, option) is not None]
+               for option in ("boxes", "config", "weights", "detector_weights", "onnx")
+               if getattr(args, option) is not None]
     names = [(video.stem, _single_output(args, video)) for video, _ in videos] if single else [
         (name, args.out / f"{name}{OUTPUT_SUFFIXES[args.output_format]}") for _, name in videos]
     outputs = [("--out", output) for _, output in names]

@@ -6,7 +6,7 @@ counts as 0, one less than that outside is clamped to the border. Bilinear sampl
 pooled cells of one box are ``A_y @ features @ A_x^T`` with ``A_y`` (R, h) and ``A_x`` (R, w) the averaged
 interpolation weights: a few small matrix products per box, differentiable, on any device, and no
 dependency on torchvision's compiled ops (which exist only for the torch build a torchvision wheel was
-made for).
+made for). ONNX export alone goes through torchvision's op, whose symbolic is ONNX ``RoiAlign``.
 """
 import torch
 
@@ -21,6 +21,10 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, resolution: int, spat
     Returns (K, C, resolution, resolution) in ``features``' dtype, channels-last; computed in at least float32,
     outside autocast.
     """
+    if torch.onnx.is_in_onnx_export():  # torchvision's op carries the ONNX symbolic (RoiAlign), same semantics
+        from torchvision.ops import roi_align as exportable
+
+        return exportable(features, boxes, resolution, spatial_scale, sampling_ratio=0, aligned=aligned)
     dtype = features.dtype
     # Box geometry in float32 with torchvision's order of operations, so that the sample grid (its size is a
     # ceil) and the sample positions are the same as its kernel's.

@@ -9,6 +9,9 @@ hits both; times are medians after one warm-up run. BatchNorm weights and statis
 built model has zero-initialised final BNs, which would hide folding errors). GFLOP/s are effective figures:
 the FLOPs of direct convolution over the time taken (the optimized model's Winograd layers do fewer
 multiplications, so it can exceed the GEMM rate).
+
+`--runtime onnx` compares onnxruntime (CPU, the model exported by `ava_pipeline.export` from the same weights)
+with the torch fast path instead, alternating the two per repeat with the same thread count for both.
 """
 import statistics
 import time
@@ -27,6 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each model after a warm-up")
     parser.add_argument("--batch", type=int, default=1, help="clips (keyframes) per forward")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="torch: eager vs optimized (default); onnx: onnxruntime vs the optimized torch path")
 
 
 def _size(text):
@@ -88,6 +93,8 @@ def _timed(fn):
 
 
 def run(args):
+    if args.runtime == "onnx":
+        return run_onnx(args)
     import torch
     from ava_pipeline.models.flops import count_flops
     from ava_pipeline.models.inference import optimize_for_inference
@@ -130,3 +137,54 @@ def run(args):
               f"{', '.join(f'{gemm_flops / t / 1e9:.1f}' for t in gemm_times)})")
         print(f"  speedup {speedup:.2f}x; optimized {optimized / args.batch:.3f} s/keyframe at "
               f"{100 * of_gemm:.0f}% of GEMM GFLOP/s (effective); max |p_optimized - p_eager| = {max_diff:.2e}")
+
+
+def run_onnx(args):
+    """onnxruntime against ``optimize_for_inference`` on the same weights and inputs, same thread count."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime
+    import torch
+    from ava_pipeline.config import ActionModelConfig, ModelConfig
+    from ava_pipeline.export import export_action_model
+    from ava_pipeline.models.inference import optimize_for_inference
+    from ava_pipeline.models.onnx_runtime import OnnxActionModel
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    height, width = args.size
+    print(machine_line(threads=threads) + f", onnxruntime {onnxruntime.__version__}")
+    print(f"input: batch {args.batch}, slow (B,3,8,{height},{width}), fast (B,3,32,{height},{width}), "
+          f"{3 * args.batch} boxes; float32. Each repeat runs the torch fast path then onnxruntime ({threads} "
+          f"intra-op threads each); medians of {args.repeats} repeats after 1 warm-up; the ratio is the median of "
+          "the per-repeat ratios")
+    for depth in args.depth:
+        model = build_random_model(depth)
+        options = R101_NONLOCAL if depth == 101 else dict(fusion_kernel_size=7, aligned=True)
+        config = ActionModelConfig(name=f"random SlowFast R{depth}", model=ModelConfig(depth=depth, **options))
+        inputs, boxes = make_inputs(args.batch, height, width)
+        fast = optimize_for_inference(model)
+        with tempfile.TemporaryDirectory() as folder:
+            seconds, path = _timed(lambda: export_action_model(model, config, Path(folder) / "model.onnx"))
+            print(f"R{depth}: exported in {seconds:.1f} s ({path.stat().st_size / 1e6:.0f} MB)")
+            runtime = OnnxActionModel(path, threads=threads)
+            torch_times, onnx_times, max_diff = [], [], 0.0
+            with torch.inference_mode():
+                fast(inputs, boxes)
+                runtime(inputs, boxes)
+                for _ in range(args.repeats):
+                    seconds, reference = _timed(lambda: fast(inputs, boxes))
+                    torch_times.append(seconds)
+                    seconds, probabilities = _timed(lambda: runtime(inputs, boxes))
+                    onnx_times.append(seconds)
+                    max_diff = max(max_diff, (probabilities - reference).abs().max().item())
+        ratio = statistics.median(o / t for o, t in zip(onnx_times, torch_times))
+        for label, times in (("torch fast path", torch_times), ("onnxruntime", onnx_times)):
+            print(f"  {label:15s} {statistics.median(times):7.3f} s/forward  (runs: "
+                  f"{', '.join(f'{t:.2f}' for t in times)})")
+        verdict = ("within 2%: no clear winner" if abs(ratio - 1) < 0.02 else
+                   f"torch fast path {ratio:.2f}x faster" if ratio > 1 else f"onnxruntime {1 / ratio:.2f}x faster")
+        print(f"  onnxruntime / torch fast path = {ratio:.3f}x time ({verdict}); "
+              f"max |p_onnx - p_torch| = {max_diff:.2e}")
