@@ -176,3 +176,13 @@ def test_every_pyslowfast_ava_yaml_gives_training_settings():
     for path in configs:
         settings = load_train_settings(path)
         assert settings.solver.weight_decay == 1e-7 and settings.zero_init_final_bn, path
+
+
+def test_packaged_configs_carry_pyslowfasts_ava_training_recipe():
+    from ava_pipeline.config import packaged_config_names
+
+    for name in packaged_config_names():
+        settings = load_train_settings(name)
+        assert (settings.batch_size, settings.solver.max_epoch, settings.solver.lr_policy) == (
+            64, 20, "steps_with_relative_lrs"), name
+        assert settings.solver.steps == (0, 10, 15, 20) and settings.solver.weight_decay == 1e-7, name
