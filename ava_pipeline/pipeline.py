@@ -160,7 +160,9 @@ class ActionDetector:
     decoded ahead. The action model runs through :func:`ava_pipeline.models.inference.optimize_for_inference`
     (BatchNorm folded, fused oneDNN convolutions on CPU; equal to the eager model within float32 rounding)
     unless ``fast=False``; ``precision`` ``"fp16"`` / ``"bf16"`` runs it under autocast (for GPUs: bf16 is
-    very slow on CPUs without native support).
+    very slow on CPUs without native support). ``tracks=True`` (or a dict of
+    :class:`~ava_pipeline.tracking.TrackingSettings` options, e.g. ``{"smooth_scores": 3, "max_missed": 2}``)
+    gives every box a ``person_id`` stable across the video's keyframes (:mod:`ava_pipeline.tracking`).
 
     Every argument is a plain picklable value; :attr:`settings` returns them, and ``ActionDetector(**settings)``
     (what pickling does) rebuilds an equal detector, e.g. in a worker process.
@@ -172,11 +174,16 @@ class ActionDetector:
     def __init__(self, model: Optional[str] = None, *, config: Optional[str] = None, weights: Optional[str] = None,
                  detector: Optional[str] = None, boxes: Optional[str] = None, box_thresh: Optional[float] = None,
                  detector_options: Optional[dict] = None, keyframes=None, device: str = "cpu",
-                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32"):
+                 batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32",
+                 tracks=False):
+        from .tracking import TrackingSettings
+
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
-                              fast=fast, precision=precision)
+                              fast=fast, precision=precision, tracks=tracks)
+        self.tracking = TrackingSettings.from_value(tracks)
+        """Tracking settings (:class:`~ava_pipeline.tracking.TrackingSettings`), or None without tracks."""
         if model is not None and config is not None:
             raise ConfigError(f"give a zoo model name or a config, not both (model={model!r}, config={config!r})")
         if boxes is not None and detector not in (None, "precomputed"):
@@ -257,7 +264,8 @@ class ActionDetector:
                          "num_frames": self.config.model.num_frames,
                          "sampling_rate": self.config.model.sampling_rate, "alpha": self.config.model.alpha,
                          "fps": data.fps, "test_crop_size": data.test_crop_size, "mean": list(data.mean),
-                         "std": list(data.std), "bgr": data.bgr},
+                         "std": list(data.std), "bgr": data.bgr,
+                         **({"tracks": self.tracking.as_dict()} if self.tracking is not None else {})},
         }
 
     # --------------------------------------------------------------------------------------------- running
@@ -319,7 +327,12 @@ class ActionDetector:
                                    sampling_rate=model_cfg.sampling_rate, fps=self.config.data.fps)
                 prepared = _Prefetcher(lambda: self._prepare_clips(clips, path.stem, local), depth=self.prefetch)
                 try:
-                    yield from self._detect_actions(prepared, path.stem, expected, local)
+                    results = self._detect_actions(prepared, path.stem, expected, local)
+                    if self.tracking is not None:
+                        from .tracking import track_results
+
+                        results = track_results(results, self.tracking)
+                    yield from results
                 finally:
                     prepared.close()
         finally:
@@ -423,14 +436,21 @@ class ActionDetector:
             boxes = torch.cat([
                 torch.cat([torch.full((len(item.boxes_px), 1), float(i)), torch.as_tensor(item.boxes_px).float()], 1)
                 for i, item in enumerate(batch)]).to(self.device)
+            features = None
             with torch.inference_mode():
-                probs = self.runtime_model(pathways, boxes).float().cpu().numpy()
+                if self.tracking is None:
+                    probs = self.runtime_model(pathways, boxes).float().cpu().numpy()
+                else:  # the tracker's appearance: the head's pooled RoI features
+                    probs, features = (x.float().cpu().numpy()
+                                       for x in self.runtime_model(pathways, boxes, with_features=True))
             timings.action_model += time.perf_counter() - start
             timings.model_batches += 1
             offset = 0
             for item in batch:
                 count = len(item.boxes_px)
                 item.result.probs = probs[offset:offset + count]
+                if features is not None:
+                    item.result.features = features[offset:offset + count]
                 offset += count
                 item.inputs = item.boxes_px = None
         for item in pending:

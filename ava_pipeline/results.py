@@ -20,6 +20,10 @@ class KeyframeResult:
     for precomputed boxes (written verbatim to the CSV), else None. ``box_scores`` float32 (K,) are the
     detector scores. ``probs`` float32 (K, 80): column ``c`` is the probability of AVA action id ``c + 1``.
     ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
+    ``person_id`` int64 (K,): with tracking (``ActionDetector(tracks=True)``), each box's person, stable across
+    the video's keyframes while the person stays in view (:mod:`ava_pipeline.tracking`); else None.
+    ``features`` float32 (K, D): the action head's pooled RoI features, set only between the action model and
+    the tracking stage (None in the results a stream yields).
     """
 
     video_id: str
@@ -34,6 +38,8 @@ class KeyframeResult:
     box_scores: np.ndarray
     probs: np.ndarray
     keyframe_image: np.ndarray = field(repr=False)
+    person_id: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def num_persons(self) -> int:
