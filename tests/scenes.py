@@ -48,8 +48,9 @@ class Person:
 
 
 def background(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A static smooth texture of 21 x 16 random cells, uint8 (height, width, 3) RGB."""
     rng = np.random.default_rng(seed)
-    texture = rng.integers(60, 140, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    texture = rng.integers(60, 140, (16, 21, 3), dtype=np.uint8)
     return cv2.resize(texture, (width, height), interpolation=cv2.INTER_CUBIC)
 
 

@@ -355,3 +355,19 @@ def test_track_options_without_tracks_are_a_usage_error(acting_scene, tmp_path, 
         assert detect(acting_scene, tmp_path / "out.csv", *extra) == 2
         assert "--tracks" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_rendering_colours_each_person_by_id_and_captions_the_id():
+    from ava_pipeline.render import _PALETTE, _annotation, draw_annotation
+
+    image_boxes = [(0.1, 0.1, 0.4, 0.9), (0.6, 0.1, 0.9, 0.9)]
+    ids = [7, 2]
+    colours = []
+    for order in ([0, 1], [1, 0]):  # the same two people, their boxes listed in the other order
+        result = keyframe(1, [image_boxes[i] for i in order], [[0.9, 0.1, 0.2]] * 2, person_id=[ids[i] for i in order])
+        annotation = _annotation(result, 1, {1: "bend"})
+        assert annotation.captions == [[f"person {ids[i]}", "bend 0.90"] for i in order]
+        picture = draw_annotation(np.full((120, 160, 3), 128, np.uint8), annotation.boxes, annotation.captions,
+                                  annotation.colors)
+        colours.append([tuple(int(v) for v in picture[60, x]) for x in (16, 144)])  # left edge, right edge
+    assert colours[0] == colours[1] == [_PALETTE[6], _PALETTE[1]]
