@@ -42,6 +42,7 @@ class StageTimings:
     detect: float = 0.0
     preprocess: float = 0.0
     action_model: float = 0.0
+    tracking: float = 0.0  # person tracks and score smoothing (tracks=True)
     total: float = 0.0  # wall time of the streams, from opening the video to the last keyframe
     videos: int = 0
     keyframes: int = 0
@@ -331,7 +332,7 @@ class ActionDetector:
                     if self.tracking is not None:
                         from .tracking import track_results
 
-                        results = track_results(results, self.tracking)
+                        results = track_results(results, self.tracking, timings=local)
                     yield from results
                 finally:
                     prepared.close()

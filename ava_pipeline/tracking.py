@@ -111,13 +111,14 @@ class TrackingSettings:
 # --------------------------------------------------------------------------------------- motion model
 
 class BoxKalmanFilter:
-    """Constant-velocity Kalman filter of one box: state ``[cx, cy, w, h, vcx, vcy, vw, vh]`` in pixels
-    (centre, size) and pixels per second; measurement ``[cx, cy, w, h]``.
+    """Constant-velocity Kalman filters of N boxes at once: state ``[cx, cy, w, h, vcx, vcy, vw, vh]`` per
+    box in pixels (centre, size) and pixels per second, :attr:`x` (N, 8) float64 and covariances :attr:`P`
+    (N, 8, 8); measurement ``[cx, cy, w, h]``.
 
     Noise scales with the box height ``h`` (a near person moves more pixels than a far one): measurement
     std 5% of h; per second, random drift of 10% of h in position and 30% of h/s in velocity (people change
-    pace within a second), 5% of h in size. A new track starts with its box and an unknown velocity (std 60%
-    of h per second, about a walking pace).
+    pace within a second), 5% of h in size. A new box starts with an unknown velocity (std 60% of h per
+    second, about a walking pace).
     """
 
     MEASUREMENT_STD = 0.05
@@ -126,38 +127,53 @@ class BoxKalmanFilter:
     SIZE_DRIFT = 0.05
     INITIAL_VELOCITY_STD = 0.60
 
-    def __init__(self, box_px: np.ndarray):
-        h = max(float(box_px[3]), 1.0)
-        self.x = np.concatenate([box_px.astype(np.float64), np.zeros(4)])
-        std = np.array([self.MEASUREMENT_STD] * 4 + [self.INITIAL_VELOCITY_STD] * 2 + [self.SIZE_DRIFT] * 2) * h
-        self.P = np.diag(std ** 2)
+    def __init__(self):
+        self.x = np.zeros((0, 8))
+        self.P = np.zeros((0, 8, 8))
+
+    @staticmethod
+    def _heights(values: np.ndarray) -> np.ndarray:
+        return np.maximum(values[:, 3], 1.0)
+
+    def add(self, boxes_px: np.ndarray) -> None:
+        """Start filters at (M, 4) measurements; they are appended after the existing ones."""
+        boxes_px = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+        std = (np.array([self.MEASUREMENT_STD] * 4 + [self.INITIAL_VELOCITY_STD] * 2 + [self.SIZE_DRIFT] * 2)
+               * self._heights(boxes_px)[:, None])
+        self.x = np.concatenate([self.x, np.concatenate([boxes_px, np.zeros_like(boxes_px)], 1)])
+        self.P = np.concatenate([self.P, np.einsum("ni,ij->nij", std ** 2, np.eye(8))])
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Drop the filters where ``mask`` (N,) bool is False."""
+        self.x, self.P = self.x[mask], self.P[mask]
 
     def predict(self, dt: float) -> None:
-        """Move the state ``dt`` seconds ahead."""
-        if dt <= 0:
+        """Move every state ``dt`` seconds ahead."""
+        if dt <= 0 or not len(self.x):
             return
         F = np.eye(8)
         F[:4, 4:] = np.eye(4) * dt
-        h = max(self.x[3], 1.0)
-        drift = np.array([self.POSITION_DRIFT] * 2 + [self.SIZE_DRIFT] * 2 + [self.VELOCITY_DRIFT] * 2
-                         + [self.SIZE_DRIFT] * 2) * h
-        self.x = F @ self.x
-        self.P = F @ self.P @ F.T + np.diag(drift ** 2 * dt)
+        drift = (np.array([self.POSITION_DRIFT] * 2 + [self.SIZE_DRIFT] * 2 + [self.VELOCITY_DRIFT] * 2
+                          + [self.SIZE_DRIFT] * 2) * self._heights(self.x)[:, None]) ** 2 * dt
+        self.x = self.x @ F.T
+        self.P = np.einsum("ij,njk,lk->nil", F, self.P, F) + np.einsum("ni,ij->nij", drift, np.eye(8))
 
-    def _innovation_covariance(self) -> np.ndarray:
-        r = (self.MEASUREMENT_STD * max(self.x[3], 1.0)) ** 2
-        return self.P[:4, :4] + np.eye(4) * r
+    def _inverse_innovation_covariances(self, rows=slice(None)) -> np.ndarray:
+        r = (self.MEASUREMENT_STD * self._heights(self.x[rows])) ** 2
+        return np.linalg.inv(self.P[rows, :4, :4] + r[:, None, None] * np.eye(4))
 
     def squared_mahalanobis(self, boxes_px: np.ndarray) -> np.ndarray:
-        """(N, 4) measurements ``[cx, cy, w, h]`` -> (N,) squared Mahalanobis distances to the prediction."""
-        diff = boxes_px - self.x[:4]
-        return np.einsum("ni,ij,nj->n", diff, np.linalg.inv(self._innovation_covariance()), diff)
+        """(M, 4) measurements ``[cx, cy, w, h]`` -> (N, M) squared Mahalanobis distances to the predictions."""
+        diff = boxes_px[None, :, :] - self.x[:, None, :4]
+        return np.einsum("nmi,nij,nmj->nm", diff, self._inverse_innovation_covariances(), diff)
 
-    def update(self, box_px: np.ndarray) -> None:
-        S = self._innovation_covariance()
-        K = self.P[:, :4] @ np.linalg.inv(S)
-        self.x = self.x + K @ (box_px - self.x[:4])
-        self.P = self.P - K @ self.P[:4, :]
+    def update(self, rows: np.ndarray, boxes_px: np.ndarray) -> None:
+        """Correct the filters ``rows`` (K,) with their measurements (K, 4)."""
+        if not len(rows):
+            return
+        K = np.einsum("nij,njk->nik", self.P[rows, :, :4], self._inverse_innovation_covariances(rows))
+        self.x[rows] += np.einsum("nij,nj->ni", K, boxes_px - self.x[rows, :4])
+        self.P[rows] -= np.einsum("nij,njk->nik", K, self.P[rows, :4, :])
 
 
 def boxes_to_measurements(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -171,9 +187,11 @@ def boxes_to_measurements(boxes: np.ndarray, image_size: tuple[int, int]) -> np.
 # --------------------------------------------------------------------------------------------- tracker
 
 class _Track:
-    def __init__(self, track_id: int, box_px: np.ndarray, feature: Optional[np.ndarray], budget: int):
+    """Bookkeeping of one track; its box filter is row ``i`` of the tracker's :class:`BoxKalmanFilter` when
+    the track is ``i``-th in the tracker's list."""
+
+    def __init__(self, track_id: int, feature: Optional[np.ndarray], budget: int):
         self.id = track_id
-        self.filter = BoxKalmanFilter(box_px)
         self.features: deque = deque(maxlen=budget)
         if feature is not None:
             self.features.append(feature)
@@ -190,6 +208,12 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
+def _similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, D) x (M, D) -> (N, M) dot products, in one thread: numpy's BLAS would start its thread pool for
+    these small products and, beside torch's threads, stall for milliseconds when the cores are busy."""
+    return np.einsum("nd,md->nm", a, b)
+
+
 class PersonTracker:
     """Online multi-person tracker for the keyframes of one video; ids start at 1 and are never reused.
 
@@ -200,6 +224,7 @@ class PersonTracker:
     def __init__(self, options: TrackerOptions = TrackerOptions()):
         self.options = options
         self._tracks: list[_Track] = []
+        self._filters = BoxKalmanFilter()
         self._next_id = 1
         self._time: Optional[float] = None
         self._same = [0.0, 0]  # sum and count: cosine distance of a track's box to its previous feature
@@ -233,18 +258,18 @@ class PersonTracker:
         now = (self._time + 1.0 if self._time is not None else 0.0) if timestamp is None else float(timestamp)
         dt = now - self._time if self._time is not None else 0.0
         self._time = now
-        for track in self._tracks:
-            track.filter.predict(dt)
+        self._filters.predict(dt)
 
         matches = self._assign(measurements, units) if self._tracks and count else []
         ids = np.zeros(count, dtype=np.int64)
         matched_tracks = set()
+        self._filters.update(np.array([t for t, _ in matches], dtype=np.int64),
+                             measurements[[d for _, d in matches]])
         for t, d in matches:
             track = self._tracks[t]
-            track.filter.update(measurements[d])
             if units is not None:
                 if track.features:
-                    self._same[0] += float(1.0 - units[d] @ track.features[-1])
+                    self._same[0] += float(1.0 - _similarities(units[d:d + 1], track.features[-1][None])[0, 0])
                     self._same[1] += 1
                 track.features.append(units[d])
             track.hits += 1
@@ -252,28 +277,28 @@ class PersonTracker:
             ids[d] = track.id
             matched_tracks.add(t)
         if units is not None and count > 1:
-            distances = 1.0 - units @ units.T
+            distances = 1.0 - _similarities(units, units)
             upper = np.triu_indices(count, 1)
             self._between[0] += float(distances[upper].sum())
             self._between[1] += len(upper[0])
 
-        survivors = []
+        alive = np.ones(len(self._tracks), dtype=bool)
         for t, track in enumerate(self._tracks):
             if t not in matched_tracks:
                 track.missed += 1
-                if not track.confirmed(options.confirm_hits) or track.missed > options.max_missed:
-                    continue
-            survivors.append(track)
-        self._tracks = survivors
+                alive[t] = track.confirmed(options.confirm_hits) and track.missed <= options.max_missed
+        self._tracks = [track for track, keep in zip(self._tracks, alive) if keep]
+        self._filters.keep(alive)
 
         matched_boxes = {d for _, d in matches}
         # New tracks numbered left to right, top to bottom: ids do not depend on the detector's box order.
-        for d in sorted(set(range(count)) - matched_boxes, key=lambda d: (boxes[d][0], boxes[d][1], boxes[d][2])):
-            track = _Track(self._next_id, measurements[d], None if units is None else units[d],
-                           options.appearance_budget)
+        born = sorted(set(range(count)) - matched_boxes, key=lambda d: (boxes[d][0], boxes[d][1], boxes[d][2]))
+        for d in born:
+            track = _Track(self._next_id, None if units is None else units[d], options.appearance_budget)
             self._next_id += 1
             self._tracks.append(track)
             ids[d] = track.id
+        self._filters.add(measurements[born])
         return ids
 
     def _assign(self, measurements: np.ndarray, units: Optional[np.ndarray]) -> list[tuple[int, int]]:
@@ -281,14 +306,14 @@ class PersonTracker:
         from scipy.optimize import linear_sum_assignment
 
         options = self.options
-        motion = np.stack([track.filter.squared_mahalanobis(measurements) for track in self._tracks]) / options.gate
+        motion = self._filters.squared_mahalanobis(measurements) / options.gate
         cost = motion.copy()
         scale, trust = self.appearance_scale_and_trust()
         if units is not None and options.appearance_weight > 0 and trust > 0:
             for t, track in enumerate(self._tracks):
                 if track.features:
                     gallery = np.stack(track.features)
-                    appearance = 1.0 - (units @ gallery.T).max(axis=1)
+                    appearance = 1.0 - _similarities(units, gallery).max(axis=1)
                     cost[t] += options.appearance_weight * trust * appearance / scale
         infeasible = motion > 1.0
         cost[infeasible] = 1e6
@@ -298,12 +323,14 @@ class PersonTracker:
 
 # ------------------------------------------------------------------------------------- stream stage
 
-def track_results(results: Iterable["KeyframeResult"], settings: TrackingSettings = TrackingSettings()
-                  ) -> Iterator["KeyframeResult"]:
+def track_results(results: Iterable["KeyframeResult"], settings: TrackingSettings = TrackingSettings(), *,
+                  timings=None) -> Iterator["KeyframeResult"]:
     """Set ``person_id`` on each result of one video (in time order) and, with ``settings.smooth_scores``,
     smooth ``probs`` along each track; drops the results' ``features`` once used. Yields the results in
     order, ``smooth_scores // 2`` keyframes behind the input; when the input raises (a damaged video), the
-    results held back are yielded first, smoothed over what was seen."""
+    results held back are yielded first, smoothed over what was seen. The seconds spent here are added to
+    ``timings.tracking`` when given (a :class:`~ava_pipeline.pipeline.StageTimings`)."""
+    import time
     tracker = PersonTracker(settings.tracker)
     before = (settings.smooth_scores - 1) // 2
     after = settings.smooth_scores // 2
@@ -311,10 +338,13 @@ def track_results(results: Iterable["KeyframeResult"], settings: TrackingSetting
     emitted = 0  # index in ``window`` of the next result to yield
 
     def emit(position: int) -> "KeyframeResult":
+        start = time.perf_counter()
         result = window[position][0]
         if settings.smooth_scores > 1 and len(result.boxes):
             low, high = max(0, position - before), min(len(window), position + after + 1)
             result.probs = _smoothed(result.person_id, [window[i] for i in range(low, high)])
+        if timings is not None:
+            timings.tracking += time.perf_counter() - start
         return result
 
     def held_back() -> Iterator["KeyframeResult"]:
@@ -323,9 +353,12 @@ def track_results(results: Iterable["KeyframeResult"], settings: TrackingSetting
 
     try:
         for result in results:
+            start = time.perf_counter()
             result.person_id = tracker.update(result.boxes, result.image_size, result.features,
                                               float(result.timestamp))
             result.features = None
+            if timings is not None:
+                timings.tracking += time.perf_counter() - start
             window.append((result, result.probs))
             if len(window) > after + emitted:
                 yield emit(emitted)
