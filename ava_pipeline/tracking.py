@@ -11,11 +11,13 @@
 
 Keyframes are usually a second apart, so people move far between them and IoU alone swaps people who walk
 past each other; the filter predicts where each one went. Appearance comes from the action head's own
-pooled RoI features (no second network). How much they tell people apart depends on the weights (a trained
-model separates people; a random test model mostly encodes the position), so the tracker measures it on the
-video itself: ``trust = 1 - (distance between a person's consecutive features) / (distance between two
-people of one keyframe)``, clipped to [0, 1], and scales cosine distances by the latter. Appearance thus
-decides where it separates people and drops out where it does not.
+pooled RoI features (no second network). How much they tell people apart depends on the weights, so the
+tracker measures it on the video itself: ``trust = 1 - (distance between a person's consecutive features) /
+(distance between two people of one keyframe)``, clipped to [0, 1], and scales cosine distances by the
+latter; appearance drops out where it tells nobody apart. The features also encode where a box is (a random
+test model's almost only that), which this measure cannot tell from appearance, so appearance is weighted
+below motion (``appearance_weight`` 0.3 of the gate): it settles what motion leaves open (two people who
+stood together and part) without overruling a clear motion prediction (two people walking past each other).
 
 Boxes are normalized ``x1, y1, x2, y2`` in [0, 1] (top-left origin) as in :class:`KeyframeResult`; the
 filter works in pixels of the keyframe image (``image_size``) so that x and y distances compare.
@@ -48,7 +50,7 @@ class TrackerOptions:
     ends at its first miss. ``max_missed``: a confirmed track survives this many keyframes without a box
     (coasting on its velocity) and keeps its id when the person reappears. ``appearance_weight``: the weight
     of the appearance cost (in units of the motion gate) when appearance is fully trusted; 0 tracks by motion
-    alone. ``appearance_budget``: recent features kept per track (the distance is the smallest to any).
+    alone; 1 or more lets appearance overrule motion (for features known to identify people). ``appearance_budget``: recent features kept per track (the distance is the smallest to any).
     ``gate``: the squared Mahalanobis distance beyond which a box cannot continue a track.
     """
 

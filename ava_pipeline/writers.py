@@ -10,6 +10,9 @@ RGB) and streams.
 Files appear atomically: they are written under a temporary name in the destination folder and renamed
 into place, so an interrupted run never leaves a truncated file that looks complete.
 
+With person tracks, JSONL persons carry their ``person_id`` and :func:`write_segments` writes the action
+segments CSV (:mod:`ava_pipeline.tracking`).
+
 CSV rows are ``video_id,timestamp,x1,y1,x2,y2,action_id,score`` without header (the AVA format that the
 official evaluator reads): the timestamp is an integer for whole seconds, boxes are written exactly as the
 detector gave them (the shortest text that reads back to the same float32, or a box file's original text

@@ -178,8 +178,12 @@ def keyframe(second, boxes, probs, person_id=None, video_id="v"):
 def test_smoothing_averages_each_person_over_the_centred_window_and_keeps_every_keyframe():
     left, right = (0.1, 0.2, 0.3, 0.8), (0.6, 0.2, 0.8, 0.8)
     scores = {1: [0.0, 0.3, 0.6, 0.9, 0.6], 2: [1.0, 1.0, 0.0, 1.0, 1.0]}
-    results = [keyframe(s, [left, right] if s != 3 else [right, left],
-                        [[scores[1][s - 1]] * 3, [scores[2][s - 1]] * 3][::1 if s != 3 else -1]) for s in range(1, 6)]
+    results = []
+    for s in range(1, 6):
+        rows = [(left, [scores[1][s - 1]] * 3), (right, [scores[2][s - 1]] * 3)]
+        if s == 3:  # the detector lists the boxes in the other order here
+            rows.reverse()
+        results.append(keyframe(s, [box for box, _ in rows], [probs for _, probs in rows]))
     plain = list(track_results([keyframe(r.timestamp, r.boxes, r.probs) for r in results]))
     smoothed = list(track_results(results, TrackingSettings(smooth_scores=3)))
     assert [r.timestamp for r in smoothed] == [1, 2, 3, 4, 5]
