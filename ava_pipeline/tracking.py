@@ -50,7 +50,8 @@ class TrackerOptions:
     ends at its first miss. ``max_missed``: a confirmed track survives this many keyframes without a box
     (coasting on its velocity) and keeps its id when the person reappears. ``appearance_weight``: the weight
     of the appearance cost (in units of the motion gate) when appearance is fully trusted; 0 tracks by motion
-    alone; 1 or more lets appearance overrule motion (for features known to identify people). ``appearance_budget``: recent features kept per track (the distance is the smallest to any).
+    alone; 1 or more lets appearance overrule motion (for features known to identify people).
+    ``appearance_budget``: recent features kept per track (the distance is the smallest to any).
     ``gate``: the squared Mahalanobis distance beyond which a box cannot continue a track.
     """
 
@@ -63,7 +64,8 @@ class TrackerOptions:
     def __post_init__(self):
         for name in ("confirm_hits", "appearance_budget"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"tracker option {name} must be an integer of at least 1, got {getattr(self, name)!r}")
+                raise ConfigError(f"tracker option {name} must be an integer of at least 1, "
+                                  f"got {getattr(self, name)!r}")
         if not isinstance(self.max_missed, int) or self.max_missed < 0:
             raise ConfigError(f"tracker option max_missed must be an integer of at least 0, got {self.max_missed!r}")
         if not self.appearance_weight >= 0:

@@ -170,7 +170,8 @@ def keyframe(second, boxes, probs, person_id=None, video_id="v"):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     return KeyframeResult(video_id=video_id, timestamp=second, index=second, num_keyframes=10, pts=None,
                           pts_time=float(second), image_size=IMAGE, boxes=boxes, box_strings=None,
-                          box_scores=np.ones(len(boxes), np.float32), probs=np.asarray(probs, np.float32).reshape(-1, 3),
+                          box_scores=np.ones(len(boxes), np.float32),
+                          probs=np.asarray(probs, np.float32).reshape(-1, 3),
                           keyframe_image=np.zeros((1, 1, 3), np.uint8),
                           person_id=None if person_id is None else np.asarray(person_id, np.int64))
 
