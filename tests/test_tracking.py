@@ -376,3 +376,19 @@ def test_rendering_colours_each_person_by_id_and_captions_the_id():
                                   annotation.colors)
         colours.append([tuple(int(v) for v in picture[60, x]) for x in (16, 144)])  # left edge, right edge
     assert colours[0] == colours[1] == [_PALETTE[6], _PALETTE[1]]
+
+
+def test_results_held_back_for_smoothing_come_out_before_a_damaged_videos_error():
+    from ava_pipeline.errors import VideoDecodeError
+
+    def damaged():
+        for second in (1, 2, 3):
+            yield keyframe(second, [(0.1, 0.2, 0.3, 0.8)], [[0.2 * second] * 3])
+        raise VideoDecodeError("v.mp4: truncated")
+
+    seen = []
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        for result in track_results(damaged(), TrackingSettings(smooth_scores=5)):
+            seen.append((result.timestamp, float(result.probs[0, 0])))
+    assert [t for t, _ in seen] == [1, 2, 3]
+    assert [p for _, p in seen] == pytest.approx([0.4, 0.4, 0.4])  # each over the keyframes it could see
