@@ -347,7 +347,8 @@ def test_segments_file_holds_the_known_spans(acting_scene, tmp_path):
 def test_the_csv_keeps_its_8_columns_and_smoothing_changes_only_scores(acting_scene, tmp_path):
     plain, tracked, smoothed = tmp_path / "plain.csv", tmp_path / "tracked.csv", tmp_path / "smoothed.csv"
     assert detect(acting_scene, plain) == 0
-    assert detect(acting_scene, tracked, "--tracks") == 0
+    assert detect(acting_scene, tracked, "--tracks", "--segments") == 0  # bare: next to --out
+    assert pd.read_csv(tmp_path / "tracked_segments.csv")["end"].max() == 7
     assert detect(acting_scene, smoothed, "--tracks", "--smooth-scores", "3") == 0
     assert tracked.read_bytes() == plain.read_bytes()
     rows = [pd.read_csv(p, header=None) for p in (plain, smoothed)]
@@ -360,6 +361,11 @@ def test_track_options_without_tracks_are_a_usage_error(acting_scene, tmp_path, 
         assert detect(acting_scene, tmp_path / "out.csv", *extra) == 2
         assert "--tracks" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+    folder = acting_scene["video"].parent
+    assert main([str(folder), "--out", str(tmp_path / "many"), "--config", str(acting_scene["config"]), "--weights",
+                 str(acting_scene["weights"]), "--boxes", str(acting_scene["boxes"]), "--tracks", "--segments",
+                 str(tmp_path / "segments.csv")]) == 2
+    assert "several videos write one segments CSV each into a folder" in capsys.readouterr().err
 
 
 def test_rendering_colours_each_person_by_id_and_captions_the_id():

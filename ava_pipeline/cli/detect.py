@@ -345,6 +345,9 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
         segments = _segments_file(args, _single_output(args, videos[0][0])) if single else _segments_folder(args)
         if single and segments.is_dir():
             raise UsageError(f"--segments {segments}: is a folder; one video's segments go to a CSV file")
+        if not single and (segments.is_file() or segments.suffix.lower() == ".csv"):
+            raise UsageError(f"--segments {segments}: several videos write one segments CSV each into a folder; "
+                             "give a folder, or --segments alone for <out>/segments/")
         _writable_folder("--segments", segments.parent if single else segments)
     if args.render is not None:
         _writable_folder("--render", args.render)
