@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a person unseen for up to N keyframes keeps its id (default 2)")
     tracks.add_argument("--track-confirm-hits", type=positive_int, metavar="N",
                         help="a new track is confirmed after N keyframes in a row; unconfirmed ones end at their "
-                        "first miss (default 2)")
+                        "first miss (default 1: at birth; 2 for detectors with one-off false boxes)")
     tracks.add_argument("--track-appearance-weight", type=non_negative_float, metavar="W",
                         help="weight of the appearance cost (the action head's RoI features) against motion; "
                         "0: motion only (default 0.3)")
