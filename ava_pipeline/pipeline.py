@@ -48,6 +48,7 @@ class StageTimings:
     detect: float = 0.0
     preprocess: float = 0.0
     action_model: float = 0.0
+    tracking: float = 0.0  # person tracks and score smoothing (tracks=True)
     total: float = 0.0  # wall time of the streams, from opening the video to the last keyframe
     videos: int = 0
     keyframes: int = 0
@@ -173,6 +174,9 @@ class ActionDetector:
     ``runtime="onnx"`` runs the action model through onnxruntime on the file ``onnx`` written by ``ava-export``
     instead (config and weights come from the file; a given ``model`` / ``config`` / ``weights`` must be the
     ones it was exported from).
+    ``tracks=True`` (or a dict of :class:`~ava_pipeline.tracking.TrackingSettings` options, e.g.
+    ``{"smooth_scores": 3, "max_missed": 2}``) gives every box a ``person_id`` stable across the video's
+    keyframes (:mod:`ava_pipeline.tracking`).
 
     :attr:`settings` returns the constructor's arguments and :meth:`from_settings` rebuilds an equal detector
     from them (what pickling does, e.g. for a worker process): names and paths travel as they are, objects as
@@ -187,12 +191,21 @@ class ActionDetector:
                  boxes: Optional[str | Path] = None, box_thresh: Optional[float] = None,
                  detector_options: Optional[dict] = None, keyframes: Any = None, device: str = "cpu",
                  batch_size: int = 8, prefetch: int = 2, fast: bool = True, precision: str = "fp32",
-                 persons_only: bool = False, runtime: str = "torch", onnx: Optional[str | Path] = None):
+                 persons_only: bool = False, runtime: str = "torch", onnx: Optional[str | Path] = None,
+                 tracks: Any = False):
+        from .tracking import TrackingSettings
+
         self._settings = dict(model=model, config=config, weights=weights, detector=detector, boxes=boxes,
                               box_thresh=box_thresh, detector_options=dict(detector_options or {}),
                               keyframes=keyframes, device=device, batch_size=batch_size, prefetch=prefetch,
                               fast=fast, precision=precision, persons_only=persons_only,
-                              runtime=runtime, onnx=onnx)
+                              runtime=runtime, onnx=onnx, tracks=tracks)
+        self.tracking = TrackingSettings.from_value(tracks)
+        """Tracking settings (:class:`~ava_pipeline.tracking.TrackingSettings`), or None without tracks."""
+        if self.tracking is not None and (runtime == "onnx" or persons_only):
+            raise ConfigError("tracks use the action model's RoI features, which "
+                              + ("the onnx runtime does not return; use runtime='torch'" if runtime == "onnx"
+                                 else "persons_only does not compute; drop one of them"))
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {list(PRECISIONS)}")
         if precision != "fp32" and not fast:
@@ -347,7 +360,8 @@ class ActionDetector:
                          "num_frames": self.config.model.num_frames,
                          "sampling_rate": self.config.model.sampling_rate, "alpha": self.config.model.alpha,
                          "fps": data.fps, "test_crop_size": data.test_crop_size, "mean": list(data.mean),
-                         "std": list(data.std), "bgr": data.bgr},
+                         "std": list(data.std), "bgr": data.bgr,
+                         **({"tracks": self.tracking.as_dict()} if self.tracking is not None else {})},
         }
 
     # --------------------------------------------------------------------------------------------- running
@@ -413,7 +427,12 @@ class ActionDetector:
                                    fps=self.config.data.fps)
                 prepared = _Prefetcher(lambda: self._prepare_clips(clips, path.stem, local), depth=self.prefetch)
                 try:
-                    yield from self._detect_actions(prepared, path.stem, expected, local)
+                    results = self._detect_actions(prepared, path.stem, expected, local)
+                    if self.tracking is not None:
+                        from .tracking import track_results
+
+                        results = track_results(results, self.tracking, timings=local)
+                    yield from results
                 finally:
                     prepared.close()
         finally:
@@ -518,14 +537,21 @@ class ActionDetector:
             boxes = torch.cat([
                 torch.cat([torch.full((len(item.boxes_px), 1), float(i)), torch.as_tensor(item.boxes_px).float()], 1)
                 for i, item in enumerate(batch)]).to(self.device)
+            features = None
             with torch.inference_mode():
-                probs = self.model(pathways, boxes).float().cpu().numpy()
+                if self.tracking is None:
+                    probs = self.model(pathways, boxes).float().cpu().numpy()
+                else:  # the tracker's appearance: the head's pooled RoI features
+                    probs, features = (x.float().cpu().numpy()
+                                       for x in self.model(pathways, boxes, with_features=True))
             timings.action_model += time.perf_counter() - start
             timings.model_batches += 1
             offset = 0
             for item in batch:
                 count = len(item.boxes_px)
                 item.result.probs = probs[offset:offset + count]
+                if features is not None:
+                    item.result.features = features[offset:offset + count]
                 offset += count
                 item.inputs = item.boxes_px = None
         for item in pending:

@@ -37,11 +37,13 @@ def short_action_name(name: str) -> str:
 
 @dataclass
 class _Annotation:
-    """What is drawn for one keyframe: boxes (K, 4) normalized and per box its caption lines."""
+    """What is drawn for one keyframe: boxes (K, 4) normalized, per box its caption lines and its colour
+    index (the person id with tracking, else the box's position)."""
 
     seconds: float
     boxes: np.ndarray
     captions: list[list[str]] = field(default_factory=list)
+    colors: Optional[list[int]] = None
 
 
 def _annotation(result: "KeyframeResult", top_k: int, labels: dict[int, str]) -> _Annotation:
@@ -51,15 +53,23 @@ def _annotation(result: "KeyframeResult", top_k: int, labels: dict[int, str]) ->
         ids = [action_id(result, int(c)) for c in best]
         captions.append([f"{short_action_name(labels.get(i, str(i)))} {float(scores[c]):.2f}"
                          for i, c in zip(ids, best)])
-    return _Annotation(float(exact_seconds(result.timestamp)), np.asarray(result.boxes, dtype=np.float32), captions)
+    colors = None
+    if result.person_id is not None:  # tracked: a person keeps its colour, its id heads its caption
+        colors = [int(person_id) - 1 for person_id in result.person_id]
+        captions = [[f"person {int(person_id)}", *lines] for person_id, lines in zip(result.person_id, captions)]
+    return _Annotation(float(exact_seconds(result.timestamp)), np.asarray(result.boxes, dtype=np.float32), captions,
+                       colors)
 
 
-def draw_annotation(image: np.ndarray, boxes: np.ndarray, captions: Sequence[Sequence[str]]) -> np.ndarray:
+def draw_annotation(image: np.ndarray, boxes: np.ndarray, captions: Sequence[Sequence[str]],
+                    colors: Optional[Sequence[int]] = None) -> np.ndarray:
     """Draw person boxes (normalized x1y1x2y2) with caption lines on a copy of ``image`` (H, W, 3) uint8 RGB.
 
     Line widths and font scale follow the frame's short side so that 240p and 4K frames read alike. A
     caption sits above its box, or inside the box's top, or below it, whichever first overlaps no caption
-    drawn before and fits in the frame. Boxes are drawn first, captions on top of every box.
+    drawn before and fits in the frame. Boxes are drawn first, captions on top of every box. ``colors``:
+    per box an index into the palette (e.g. person id - 1, so a person keeps its colour); default the box's
+    position in ``boxes``.
     """
     import cv2
 
@@ -74,11 +84,12 @@ def draw_annotation(image: np.ndarray, boxes: np.ndarray, captions: Sequence[Seq
     step = text_height + baseline + 2
     corners = [tuple(int(round(float(v) * size)) for v, size in zip(box, (width, height, width, height)))
                for box in boxes]
+    palette_index = list(range(len(corners))) if colors is None else [int(c) for c in colors]
     for index, (x1, y1, x2, y2) in enumerate(corners):
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), _PALETTE[index % len(_PALETTE)], line_thickness)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), _PALETTE[palette_index[index] % len(_PALETTE)], line_thickness)
     taken: list[tuple[int, int, int, int]] = []
     for index, ((x1, y1, x2, y2), lines) in enumerate(zip(corners, captions)):
-        color = _PALETTE[index % len(_PALETTE)]
+        color = _PALETTE[palette_index[index] % len(_PALETTE)]
         widths = [cv2.getTextSize(line, font, font_scale, text_thickness)[0][0] + 4 for line in lines]
         block_width, block_height = max(widths, default=0), step * len(lines)
         left = min(max(0, x1), max(0, width - block_width))
@@ -136,7 +147,7 @@ class RenderSink:
 
         annotation = _annotation(result, self.top_k, self.labels)
         self._annotations.append(annotation)
-        picture = draw_annotation(result.keyframe_image, annotation.boxes, annotation.captions)
+        picture = draw_annotation(result.keyframe_image, annotation.boxes, annotation.captions, annotation.colors)
         png_path = self.png_dir / keyframe_png_name(result.video_id, result.timestamp)
         with atomic_output(png_path) as temporary:
             if not cv2.imwrite(str(temporary), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
@@ -175,7 +186,7 @@ class RenderSink:
             for seconds, image in reader.source_frames():
                 annotation = self._annotation_at(seconds, times, reach)
                 if annotation is not None:
-                    image = draw_annotation(image, annotation.boxes, annotation.captions)
+                    image = draw_annotation(image, annotation.boxes, annotation.captions, annotation.colors)
                 image = _pad_to_even(image)
                 if stream is None:
                     stream = target.add_stream(codec, rate=Fraction(rate))
@@ -228,14 +239,22 @@ def render_paths(render_dir: str | Path, name: str) -> tuple[Path, Path]:
 def write_video_outputs(results: Iterable["KeyframeResult"], out_path: str | Path, *, output_format: str = "csv",
                         min_score: Optional[float] = None, render_dir: str | Path | None = None,
                         render_name: Optional[str] = None, video_path: str | Path | None = None,
-                        on_keyframe=None) -> OutputStats:
+                        on_keyframe=None, segments_path: str | Path | None = None, segment_thresh: float = 0.5,
+                        segment_gap: int = 1) -> OutputStats:
     """Stream one video's results into its detections file and, with ``render_dir``, its rendering.
 
     ``render_name`` (default: the output file's stem) places the rendering (:func:`render_paths`);
     ``video_path`` is the source to re-decode for the mp4. ``on_keyframe(result)`` is called after each
-    keyframe is written (progress bars). Nothing is left at ``out_path`` when ``results`` raises.
+    keyframe is written (progress bars). ``segments_path``: also the action segments CSV of the tracked
+    results (:class:`~ava_pipeline.tracking.SegmentBuilder` with ``segment_thresh`` and ``segment_gap``),
+    written before the detections file is put in place. Nothing is left at ``out_path`` when ``results``
+    raises.
     """
+    from .tracking import SegmentBuilder
+    from .writers import write_segments
+
     out_path = Path(out_path)
+    segments = None if segments_path is None else SegmentBuilder(thresh=segment_thresh, max_gap=segment_gap)
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open_output_sink(out_path, output_format, min_score=min_score))
         renderer = None
@@ -248,6 +267,10 @@ def write_video_outputs(results: Iterable["KeyframeResult"], out_path: str | Pat
             sink.add(result)
             if renderer is not None:
                 renderer.add(result)
+            if segments is not None:
+                segments.add(result)
             if on_keyframe is not None:
                 on_keyframe(result)
+        if segments is not None:
+            write_segments(segments.segments(), segments_path)
     return sink.stats

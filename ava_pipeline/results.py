@@ -21,6 +21,10 @@ class KeyframeResult:
     detector scores. ``probs`` float32 (K, C): column ``c`` is the probability of action id ``action_ids[c]``
     (AVA's 80 actions: ``c + 1``; a model trained on its own label map: that map's ids in file order).
     ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
+    ``person_id`` int64 (K,): with tracking (``ActionDetector(tracks=True)``), each box's person, stable across
+    the video's keyframes while the person stays in view (:mod:`ava_pipeline.tracking`); else None.
+    ``features`` float32 (K, D): the action head's pooled RoI features, set only between the action model and
+    the tracking stage (None in the results a stream yields).
     """
 
     video_id: str
@@ -36,6 +40,8 @@ class KeyframeResult:
     probs: np.ndarray
     keyframe_image: np.ndarray = field(repr=False)
     action_ids: tuple[int, ...] = ()  # action id of each probs column; empty: column c is id c + 1
+    person_id: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def num_persons(self) -> int:

@@ -10,6 +10,9 @@ height), ``boxes`` float32 (K, 4) normalized ``x1, y1, x2, y2`` in [0, 1] with a
 Files appear atomically: they are written under a temporary name in the destination folder and renamed
 into place, so an interrupted run never leaves a truncated file that looks complete.
 
+With person tracks, JSONL persons carry their ``person_id`` and :func:`write_segments` writes the action
+segments CSV (:mod:`ava_pipeline.tracking`).
+
 CSV rows are ``video_id,timestamp,x1,y1,x2,y2,action_id,score`` without header (the AVA format that the
 official evaluator reads): the timestamp is an integer for whole seconds, boxes are written exactly as the
 detector gave them (the shortest text that reads back to the same float32, or a box file's original text
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
     from .results import KeyframeResult
+    from .tracking import ActionSegment
 
 DETECTION_COLUMNS = ("video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score")
 """Columns of the detections CSV (no header in the file) and of :meth:`ActionDetector.__call__`'s frame."""
@@ -153,7 +157,8 @@ def _number(value) -> float:
 def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = None,
                     labels: dict[int, str] = AVA_ACTIONS) -> dict:
     """One JSON object for a keyframe: time, frame pts, image size and per person the normalized and
-    pixel box, the detector score and the actions sorted by decreasing score (pruned by ``min_score``)."""
+    pixel box, the detector score and the actions sorted by decreasing score (pruned by ``min_score``);
+    with tracking, each person's ``person_id`` comes first."""
     width, height = result.image_size
     persons = []
     for box, texts, box_score, scores in zip(result.boxes, box_texts(result), result.box_scores, result.probs):
@@ -165,6 +170,8 @@ def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = No
                     "score": round(float(scores[c]), 6)} for c in ordered]
         persons.append({"box": normalized, "box_px": pixels, "detector_score": round(float(box_score), 6),
                         "actions": actions})
+    if result.person_id is not None:  # tracked: the person's id first, beside its box
+        persons = [{"person_id": int(person_id), **person} for person_id, person in zip(result.person_id, persons)]
     return {"video_id": result.video_id, "time": seconds_value(result.timestamp), "pts": result.pts,
             "pts_time": round(float(result.pts_time), 6), "width": width, "height": height, "persons": persons}
 
@@ -249,3 +256,27 @@ def open_output_sink(path: str | Path, output_format: str, *, min_score: Optiona
     if output_format not in sinks:
         raise ValueError(f"unknown output format {output_format!r}; use one of {sorted(sinks)}")
     return sinks[output_format](path, min_score=min_score)
+
+
+# ---------------------------------------------------------------------------------------------- segments
+
+def segment_rows(segments: Iterable["ActionSegment"], labels: dict[int, str] = AVA_ACTIONS) -> Iterator[list[str]]:
+    """Rows of the segments CSV (:data:`ava_pipeline.tracking.SEGMENT_COLUMNS`): times as in the detections
+    CSV, scores with 6 decimals, the action's name from the label map."""
+    for segment in segments:
+        yield [segment.video_id, str(segment.person_id), str(segment.action_id), labels.get(segment.action_id, ""),
+               format_seconds(segment.start), format_seconds(segment.end), f"{segment.peak_score:.6f}",
+               f"{segment.mean_score:.6f}"]
+
+
+def write_segments(segments: Iterable["ActionSegment"], path: str | Path) -> int:
+    """Write the segments CSV (header row, then :func:`segment_rows`) to ``path`` atomically; returns the
+    number of segments."""
+    from .tracking import SEGMENT_COLUMNS
+
+    with atomic_output(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(SEGMENT_COLUMNS)
+        rows = list(segment_rows(segments))
+        writer.writerows(rows)
+    return len(rows)

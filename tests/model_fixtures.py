@@ -5,11 +5,13 @@ own model computed those probabilities from exactly these weights and inputs (se
 can check our model against PySlowFast without running it. Changing the recipe invalidates that file.
 """
 import math
+from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from ava_pipeline.config import ModelConfig
+from ava_pipeline.config import ActionModelConfig, DataConfig, ModelConfig, dump_config
+from ava_pipeline.models import build_action_model
 
 R101_NONLOCAL = dict(
     depth=101, fusion_kernel_size=5,
@@ -85,3 +87,15 @@ def random_clips(model_cfg: ModelConfig, height: int, width: int, seed: int, bat
         boxes.append([index, 2.0 + 5 * index, 3.0, width * 0.55, height - 1.0])
         boxes.append([index, width * 0.3 + 0.37, height * 0.2 + 0.61, width - 4.5, height * 0.8 - 0.25])
     return clips, torch.tensor(boxes, dtype=torch.float32)
+
+
+def write_model(folder: Path, name: str, model_cfg: ModelConfig, seed: int = 0) -> tuple[Path, Path]:
+    """Our YAML config and a PySlowFast-format checkpoint ``{"model_state", "epoch"}`` with seeded weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ActionModelConfig(name=name, model=model_cfg, data=DataConfig(test_crop_size=64, bgr=True))
+    config_path, weights_path = folder / f"{name}.yaml", folder / f"{name}.pyth"
+    config_path.write_text(dump_config(config))
+    with torch.device("meta"):
+        keys = build_action_model(model_cfg).state_dict()
+    torch.save({"model_state": random_state_dict(keys, seed), "epoch": 1}, weights_path)
+    return config_path, weights_path

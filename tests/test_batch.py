@@ -280,3 +280,29 @@ def test_worker_with_other_model_than_the_driver_stops_the_batch(inputs, tmp_pat
         run_batch(videos, tmp_path / "out", detector_settings=inputs["settings"], workers=1, quiet=True,
                   work_factory=OtherWeightsWork)
     assert not list((tmp_path / "out").glob("*.csv"))
+
+
+def output_files(folder: Path) -> dict:
+    """Relative path -> bytes of every JSONL and CSV under ``folder`` (detections and segments)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.suffix in (".jsonl", ".csv") and p.is_file()}
+
+
+def test_folder_mode_with_tracks_writes_a_segments_file_per_video_and_resumes(inputs, tmp_path):
+    out = tmp_path / "out"
+    args = [str(inputs["movies"]), "--out", str(out), *inputs["cli_model"], "--format", "jsonl", "--tracks",
+            "--segment-thresh", "0.45", "--workers", "2", "--quiet"]
+    assert main(args) == 1  # the corrupt and fake videos fail
+    files = output_files(out)
+    good = sorted(VIDEO_FRAMES)
+    assert sorted(name for name in files if name.startswith("segments/")) == [f"segments/{n}.csv" for n in good]
+    for name in good:
+        records = [json.loads(line) for line in files[f"{name}.jsonl"].decode().splitlines()]
+        assert all(isinstance(p["person_id"], int) for r in records for p in r["persons"])
+        header, *rows = files[f"segments/{name}.csv"].decode().splitlines()
+        assert header == "video_id,person_id,action_id,action_name,start,end,peak_score,mean_score" and rows
+    written = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
+    (out / "segments" / "a.csv").unlink()  # a missing segments file: that video is redone, the others skipped
+    assert main(args) == 1
+    assert output_files(out) == files
+    assert [name for name, ns in written.items() if (out / name).stat().st_mtime_ns != ns] == ["a.jsonl"]

@@ -139,3 +139,19 @@ def test_unreachable_cluster_address_fails_at_once(inputs, tmp_path):
     process = detect_subprocess(inputs, tmp_path / "out", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
     assert process.wait(timeout=120) == 2, "ava-detect checks the address before Ray retries it for minutes"
     assert f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in process.stderr.read().decode()
+
+
+def test_tracks_and_segments_are_the_same_bytes_through_ray_and_local(cluster, inputs, tmp_path):
+    settings = {**inputs["settings"], "tracks": {"smooth_scores": 3}}
+    good = [(path, name) for path, name in find_videos([inputs["movies"]]) if name not in FAILING]
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        summary = run_batch(good, out, detector_settings=settings, output_format="jsonl", engine=engine, workers=2,
+                            quiet=True, segments_dir=out / "segments", segment_thresh=0.45)
+        assert (summary.done, summary.failed) == (4, 0)
+        outputs[engine] = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                           if p.suffix in (".jsonl", ".csv")}
+    assert outputs["ray"] == outputs["local"]
+    assert len([name for name in outputs["local"] if name.startswith("segments/")]) == 4
+    assert all(b'"person_id": ' in data for name, data in outputs["local"].items() if name.endswith(".jsonl"))

@@ -16,11 +16,11 @@ import torch
 
 from ava_pipeline.api import load_action_model
 from ava_pipeline.cli.export import main
-from ava_pipeline.config import ActionModelConfig, DataConfig, ModelConfig, dump_config
+from ava_pipeline.config import ActionModelConfig, ModelConfig
 from ava_pipeline.errors import ConfigError, DependencyMissingError, InputFormatError
 from ava_pipeline.labels import AVA_ACTIONS
 from ava_pipeline.models import build_action_model
-from tests.model_fixtures import (PARITY_CASES, PARITY_SEED, R101_NONLOCAL, SLOW_ONLY, random_clips,
+from tests.model_fixtures import (write_model, PARITY_CASES, PARITY_SEED, R101_NONLOCAL, SLOW_ONLY, random_clips,
                                   random_state_dict)
 
 DATA = Path(__file__).parent / "data"
@@ -37,18 +37,6 @@ MODELS = {
 def onnx_installed():
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-
-
-def write_model(folder: Path, name: str, model_cfg: ModelConfig, seed: int = 0) -> tuple[Path, Path]:
-    """Our YAML config and a PySlowFast-format checkpoint ``{"model_state", "epoch"}`` with seeded weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = ActionModelConfig(name=name, model=model_cfg, data=DataConfig(test_crop_size=64, bgr=True))
-    config_path, weights_path = folder / f"{name}.yaml", folder / f"{name}.pyth"
-    config_path.write_text(dump_config(config))
-    with torch.device("meta"):
-        keys = build_action_model(model_cfg).state_dict()
-    torch.save({"model_state": random_state_dict(keys, seed), "epoch": 1}, weights_path)
-    return config_path, weights_path
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

@@ -180,3 +180,19 @@ def test_flop_count_includes_head_and_nonlocal_products():
     # three blocks: theta (2, 128, 2, 4, 6) against phi pooled to (1, 2, 3): 2 products each
     assert flops.by_kind["non-local matmul"] == 3 * 2 * 2 * 2 * (2 * 4 * 6) * (1 * 2 * 3) * 128
     assert flops.total == sum(flops.by_kind.values())
+
+
+@pytest.mark.parametrize("options", [dict(TINY, depth=50), dict(TINY, arch="slow", depth=50, num_frames=4)],
+                         ids=["slowfast", "slow"])
+def test_both_paths_return_the_heads_pooled_roi_features_for_tracking(options):
+    model = make_model(**options)
+    clips, boxes = make_inputs(options, 64, 96)
+    with torch.inference_mode():
+        probs, features = model(clips, boxes, with_features=True)
+        assert torch.equal(probs, model(clips, boxes))
+        assert torch.allclose(torch.sigmoid(model.head.projection(features)), probs)
+    fast_probs, fast_features = optimize_for_inference(model)(clips, boxes, with_features=True)
+    channels = 512 if options.get("arch") == "slow" else 512 + 64  # res5: 32 x width (Slow) + an eighth (Fast)
+    assert features.shape == fast_features.shape == (4, channels) and fast_features.dtype == torch.float32
+    assert (fast_features - features).abs().max().item() < TOLERANCE * max(1.0, features.abs().max().item())
+    assert (fast_probs - probs).abs().max().item() < TOLERANCE

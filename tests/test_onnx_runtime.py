@@ -1,6 +1,5 @@
 """onnxruntime as the action model's runtime: ``ActionDetector(runtime="onnx")`` and ``ava-detect --runtime onnx``
 give torch's detections (same CSV rows, scores within 1e-4), for one video and for a batch of videos."""
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,8 @@ from ava_pipeline.config import ModelConfig
 from ava_pipeline.errors import ConfigError
 from ava_pipeline.pipeline import ActionDetector
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export import write_model  # noqa: E402
-from test_pipeline import textured_frames, write_boxes, write_lossless_video  # noqa: E402
+from tests.model_fixtures import write_model
+from tests.pipeline_fixtures import textured_frames, write_boxes, write_lossless_video
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -138,7 +138,8 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
               output_format: str = "csv", min_score: Optional[float] = None, render_dir: Optional[Path] = None,
               engine: str = "local", workers: Optional[int] = None, ray_address: Optional[str] = None,
               quiet: bool = False, max_attempts: int = 3,
-              work_factory: Callable[..., DetectionWork] = DetectionWork,
+              work_factory: Callable[..., DetectionWork] = DetectionWork, segments_dir: Optional[Path] = None,
+              segment_thresh: float = 0.5, segment_gap: int = 1,
               report: Optional[Callable[[BatchEvent], None]] = None) -> BatchSummary:
     """Detect actions in ``videos`` and write ``out_dir/<name><suffix>`` per video plus ``manifest.json``.
 
@@ -155,6 +156,10 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 
     Raises :class:`~ava_pipeline.errors.ConfigError` (bad arguments, folder in use by another run) and the
     detector's own errors when the models cannot be built; failures of single videos are only counted.
+
+    ``segments_dir``: with tracking (``detector_settings["tracks"]``), the driver also writes each video's
+    action segments CSV to ``segments_dir/<name>.csv`` (:class:`~ava_pipeline.tracking.SegmentBuilder` with
+    ``segment_thresh`` and ``segment_gap``), before its detections file.
     """
     started = time.perf_counter()
     if engine not in ENGINES:
@@ -182,10 +187,12 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
         work = work.with_fingerprint(fingerprint)
         from .. import __version__
 
-        manifest = Manifest(out_dir, {"detector": fingerprint, "keyframes": keyframes,
-                                      "output_format": output_format, "min_score": min_score},
-                            tool=f"ava-pipeline {__version__}")
-        for folder in (out_dir, render_dir):
+        manifest_settings = {"detector": fingerprint, "keyframes": keyframes, "output_format": output_format,
+                             "min_score": min_score}
+        if segments_dir is not None:
+            manifest_settings["segments"] = {"folder": str(segments_dir), "thresh": segment_thresh, "gap": segment_gap}
+        manifest = Manifest(out_dir, manifest_settings, tool=f"ava-pipeline {__version__}")
+        for folder in (out_dir, render_dir, segments_dir):
             if folder is not None and Path(folder).is_dir():
                 remove_temporaries(Path(folder))
 
@@ -195,9 +202,13 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
         def render_of(name: str) -> Optional[Path]:
             return None if render_dir is None else render_paths(render_dir, name)[0]
 
+        def segments_of(name: str) -> Optional[Path]:
+            return None if segments_dir is None else Path(segments_dir) / f"{name}.csv"
+
         tasks, skipped = [], 0
         for name, path in names.items():
-            if manifest.is_done(name, output_of(name), render_of(name)):
+            if (manifest.is_done(name, output_of(name), render_of(name))
+                    and (segments_dir is None or segments_of(name).is_file())):
                 skipped += 1
                 continue
             tasks.append(VideoTask(name=name, path=str(path), size=path.stat().st_size if path.is_file() else 0))
@@ -219,7 +230,8 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
                         manifest.save()
                         continue
                     entry = _write_outcome(event, output_of(event.task.name), render_of(event.task.name), out_dir,
-                                           output_format, min_score, dispatched_at.get(event.task.name))
+                                           output_format, min_score, dispatched_at.get(event.task.name),
+                                           segments=(segments_of(event.task.name), segment_thresh, segment_gap))
                     manifest.record(event.task.name, entry)
                     manifest.save()
                     if entry["status"] == STATUS_DONE:
@@ -236,8 +248,10 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 
 
 def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], out_dir: Path,
-                   output_format: str, min_score: Optional[float], dispatched_at: Optional[float]) -> dict:
-    """Write a finished video's detection file (atomically) and return its manifest entry."""
+                   output_format: str, min_score: Optional[float], dispatched_at: Optional[float],
+                   segments: tuple = (None, 0.5, 1)) -> dict:
+    """Write a finished video's detection file (atomically) and, when ``segments`` = ``(path, thresh, gap)``
+    has a path, its segments CSV; return its manifest entry."""
     from ..results import damage_note
     from ..render import write_video_outputs
 
@@ -253,7 +267,10 @@ def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], 
     if outcome.ok or outcome.results:  # a damaged video keeps the keyframes decoded before the damage
         start = time.perf_counter()
         try:
-            stats = write_video_outputs(outcome.results, output, output_format=output_format, min_score=min_score)
+            segments_path, segment_thresh, segment_gap = segments
+            stats = write_video_outputs(outcome.results, output, output_format=output_format, min_score=min_score,
+                                        segments_path=segments_path, segment_thresh=segment_thresh,
+                                        segment_gap=segment_gap)
         except OSError as exc:
             entry.update(error=error_line(str(output), exc), error_type=type(exc).__name__)
         else:

@@ -86,6 +86,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with errors as one line: ``ava-detect: error: <message> (see ava-detect --help)``."""
 
@@ -143,6 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(video_id,timestamp,x1,y1,x2,y2,,score: the format of --boxes and ava-train --proposals)")
     parser.add_argument("--render", type=Path, metavar="DIR",
                         help="also write an annotated mp4 per video and a PNG per keyframe into DIR")
+    tracks = parser.add_argument_group("person tracks and action segments")
+    tracks.add_argument("--tracks", action="store_true",
+                        help="give every person box a person_id that stays with the person across keyframes "
+                        "(in JSONL, in --render pictures and in segments; the CSV keeps AVA's 8 columns)")
+    tracks.add_argument("--segments", nargs="?", const=True, type=Path, metavar="PATH",
+                        help="with --tracks, write action segments (one row per person, action and time span): "
+                        "one video: to the CSV file PATH (default <out>_segments.csv); several videos: one CSV per "
+                        "video under the folder PATH (default <out>/segments/), which folder mode always writes")
+    tracks.add_argument("--segment-thresh", type=probability, metavar="F",
+                        help="a segment spans the keyframes where the action's score is at least F (default 0.5)")
+    tracks.add_argument("--segment-gap", type=non_negative_int, metavar="N",
+                        help="up to N keyframes below the threshold inside a span do not cut it (default 1)")
+    tracks.add_argument("--smooth-scores", type=positive_int, metavar="K",
+                        help="replace each box's scores by the mean of its person's scores over the K keyframes "
+                        "centred on it (changes the AVA CSV too; default 1: off)")
+    tracks.add_argument("--track-max-missed", type=non_negative_int, metavar="N",
+                        help="a person unseen for up to N keyframes keeps its id (default 2)")
+    tracks.add_argument("--track-confirm-hits", type=positive_int, metavar="N",
+                        help="a new track is confirmed after N keyframes in a row; unconfirmed ones end at their "
+                        "first miss (default 1: at birth; 2 for detectors with one-off false boxes)")
+    tracks.add_argument("--track-appearance-weight", type=non_negative_float, metavar="W",
+                        help="weight of the appearance cost (the action head's RoI features) against motion; "
+                        "0: motion only (default 0.3)")
     parser.add_argument("--engine", choices=ENGINES, default="local",
                         help="several videos: local worker processes or a Ray cluster")
     parser.add_argument("--workers", type=positive_int, metavar="N", help="parallel videos (default: engine's)")
@@ -209,19 +252,57 @@ def detector_settings(args: argparse.Namespace) -> dict:
     """Keyword arguments of :class:`ava_pipeline.ActionDetector` from the command line."""
     options = {key: value for key, value in (("model", args.detector_model), ("weights", args.detector_weights))
                if value is not None}
-    return dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
-                boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
-                batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision,
-                persons_only=args.persons_only, runtime=args.runtime or ("onnx" if args.onnx else "torch"),
-                onnx=args.onnx)
+    settings = dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
+                    boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
+                    batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision,
+                    persons_only=args.persons_only, runtime=args.runtime or ("onnx" if args.onnx else "torch"),
+                    onnx=args.onnx)
+    if args.tracks:
+        settings["tracks"] = {key: value for key, value in (
+            ("smooth_scores", args.smooth_scores), ("max_missed", args.track_max_missed),
+            ("confirm_hits", args.track_confirm_hits), ("appearance_weight", args.track_appearance_weight))
+            if value is not None}
+    return settings
+
+
+TRACK_OPTIONS = ("segments", "segment_thresh", "segment_gap", "smooth_scores", "track_max_missed",
+                 "track_confirm_hits", "track_appearance_weight")
+"""Options that only mean something with ``--tracks``."""
+
+
+def segment_settings(args: argparse.Namespace) -> dict:
+    """``segment_thresh`` and ``segment_gap`` of the command line (their defaults when not given)."""
+    return {"segment_thresh": 0.5 if args.segment_thresh is None else args.segment_thresh,
+            "segment_gap": 1 if args.segment_gap is None else args.segment_gap}
+
+
+def _segments_file(args: argparse.Namespace, out: Path) -> Optional[Path]:
+    """The segments CSV of a one-video run: ``--segments PATH``, ``<out>_segments.csv`` for a bare
+    ``--segments``, None without it."""
+    if args.segments is None:
+        return None
+    return out.with_name(f"{out.stem}_segments.csv") if args.segments is True else args.segments
+
+
+def _segments_folder(args: argparse.Namespace) -> Optional[Path]:
+    """Where a folder run puts a segments CSV per video: ``--segments PATH`` or ``<out>/segments``; None
+    without ``--tracks``."""
+    if not args.tracks:
+        return None
+    return args.out / "segments" if args.segments in (None, True) else args.segments
 
 
 def _check_usage(args: argparse.Namespace) -> None:
     if args.persons_only:
         given = [option for option, value in (("--boxes", args.boxes), ("--weights", args.weights),
-                                              ("--min-score", args.min_score)) if value is not None]
+                                              ("--min-score", args.min_score), ("--tracks", args.tracks or None))
+                 if value is not None]
         if given:
             raise UsageError(f"--persons-only runs the person detector alone; drop {' and '.join(given)}")
+    if not args.tracks:
+        given = [f"--{name.replace('_', '-')}" for name in TRACK_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} work(s) on person tracks; add --tracks")
     if args.boxes is not None and not Path(args.boxes).is_file():
         raise UsageError(f"{args.boxes}: box file not found")
     if args.runtime == "onnx" and args.onnx is None:
@@ -278,6 +359,10 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
     names = [(video.stem, _single_output(args, video)) for video, _ in videos] if single else [
         (name, args.out / f"{name}{OUTPUT_SUFFIXES[args.output_format]}") for _, name in videos]
     outputs = [("--out", output) for _, output in names]
+    if args.tracks:
+        segments = ([("--segments", _segments_file(args, output)) for _, output in names] if single else
+                    [("--segments", _segments_folder(args) / f"{name}.csv") for name, _ in names])
+        outputs += [(option, path) for option, path in segments if path is not None]
     if args.render is not None:
         outputs += [("--render", render_paths(args.render, name)[0]) for name, _ in names]
     refuse_overwriting_inputs(outputs, inputs)
@@ -291,6 +376,14 @@ def _check_outputs(args: argparse.Namespace, videos: list[tuple[Path, str]], sin
     if not single and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: is a file; several videos need an output folder")
     _writable_folder("--out", args.out.parent if single and not args.out.is_dir() else args.out)
+    if args.tracks and args.segments is not None:
+        segments = _segments_file(args, _single_output(args, videos[0][0])) if single else _segments_folder(args)
+        if single and segments.is_dir():
+            raise UsageError(f"--segments {segments}: is a folder; one video's segments go to a CSV file")
+        if not single and (segments.is_file() or segments.suffix.lower() == ".csv"):
+            raise UsageError(f"--segments {segments}: several videos write one segments CSV each into a folder; "
+                             "give a folder, or --segments alone for <out>/segments/")
+        _writable_folder("--segments", segments.parent if single else segments)
     if args.render is not None:
         _writable_folder("--render", args.render)
 
@@ -337,7 +430,8 @@ def _run_single(args, video: Path) -> int:
     try:
         stats = write_video_outputs(results, out, output_format=args.output_format, min_score=args.min_score,
                                     render_dir=args.render, render_name=video.stem, video_path=video,
-                                    on_keyframe=advance)
+                                    on_keyframe=advance, segments_path=_segments_file(args, out),
+                                    **segment_settings(args))
     except Exception as exc:  # the video failed: one line naming it, exit status 1
         if args.debug:
             raise
@@ -403,7 +497,8 @@ def _run_batch(args, videos: list[tuple[Path, str]]) -> int:
         summary = run_batch(videos, args.out, detector_settings=detector_settings(args),
                             output_format=args.output_format, min_score=args.min_score, render_dir=args.render,
                             engine=args.engine, workers=args.workers, ray_address=args.ray_address, quiet=args.quiet,
-                            report=report)
+                            report=report, segments_dir=_segments_folder(args),
+                            **segment_settings(args))
     finally:
         report.close()
     if not args.quiet:

@@ -209,19 +209,22 @@ class InferenceModel(nn.Module):
     """Runs the rewritten model under ``torch.inference_mode`` (and autocast when a dtype is set).
 
     ``forward([slow (N,3,T_slow,H,W), fast (N,3,T_fast,H,W)], boxes (K,5) float [batch_index, x1, y1, x2, y2]
-    in input pixels) -> (K, num_classes)`` float32 probabilities on ``device``.
+    in input pixels) -> (K, num_classes)`` float32 probabilities on ``device`` (``with_features=True``: also
+    the head's pooled RoI features, as the eager model).
     """
 
     def __init__(self, model: nn.Module, *, device: torch.device, dtype: Optional[torch.dtype]):
         super().__init__()
         self.model, self.device, self.dtype = model, device, dtype
 
-    def forward(self, inputs: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: list[torch.Tensor], boxes: torch.Tensor, *, with_features: bool = False):
+        """With ``with_features`` returns ``(probabilities, pooled RoI features (K, sum C_p))``, both float32."""
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
             inputs = [x.to(self.device, non_blocking=True).contiguous(memory_format=CHANNELS_LAST) for x in inputs]
-            return self.model(inputs, boxes.to(self.device, non_blocking=True)).float()
+            outputs = self.model(inputs, boxes.to(self.device, non_blocking=True), with_features=with_features)
+            return tuple(x.float() for x in outputs) if with_features else outputs.float()
 
 
 def _has(module: nn.Module, *names: str) -> bool:

@@ -7,6 +7,8 @@ Data flow, per pathway p (slow p=0, fast p=1), then joined::
         -> RoIAlign R x R (boxes, 1/16, aligned) (K, C_p, R, R)
         -> spatial max over the R x R cells      (K, C_p)
     concat over pathways                         (K, sum C_p)      (2048 + 256 = 2304 for SlowFast R50/R101)
+                                                 = the pooled RoI features, returned too on request
+                                                   (person tracking uses them for appearance)
         -> dropout (identity in eval mode)
         -> projection (Linear)                   (K, num_classes)
         -> sigmoid                               (K, num_classes)  probabilities in [0, 1]
@@ -50,9 +52,11 @@ class RoIHead(nn.Module):
     def extra_repr(self) -> str:
         return f"roi_resolution={self.roi_resolution}, spatial_scale={self.spatial_scale}, aligned={self.aligned}"
 
-    def forward(self, features: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], boxes: torch.Tensor, *, with_features: bool = False):
         """``features[p]`` (N, C_p, T_p, h, w) float; ``boxes`` (K, 5) float ``[batch_index, x1, y1, x2, y2]``
-        in input pixels. Returns (K, num_classes) float probabilities."""
+        in input pixels. Returns (K, num_classes) float probabilities; with ``with_features`` the pair
+        ``(probabilities, pooled)`` where ``pooled`` (K, sum C_p) are the pooled RoI features the projection
+        reads (non-negative after the backbone's ReLU)."""
         if boxes.dim() != 2 or boxes.shape[1] != 5:
             raise InputFormatError(f"RoIHead: boxes must have shape (K, 5) = [batch_index, x1, y1, x2, y2] in "
                                    f"input pixels, got {tuple(boxes.shape)}; prepend the clip index to each box")
@@ -62,8 +66,8 @@ class RoIHead(nn.Module):
             x = roi_align(x, boxes, self.roi_resolution, self.spatial_scale, aligned=self.aligned)
             pooled.append(x.amax(dim=(2, 3)))
         x = torch.cat(pooled, dim=1)
-        return self.act(self.projection(self.dropout(x)))
-
+        probs = self.act(self.projection(self.dropout(x)))
+        return (probs, x) if with_features else probs
 
 def _temporal_mean(x: torch.Tensor) -> torch.Tensor:
     """(N, C, T, h, w) -> (N, C, h, w) mean over T. A channels-last 3D input is averaged as its contiguous

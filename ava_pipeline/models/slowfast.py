@@ -272,8 +272,9 @@ class SlowFast(nn.Module):
         self.head = RoIHead(in_channels=stage_in, num_classes=num_classes, roi_resolution=roi_resolution,
                             spatial_scale=1.0 / spatial_scale_factor, aligned=aligned, dropout_rate=dropout_rate)
 
-    def forward(self, inputs: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """See the class docstring: ``([slow, fast] or [slow], boxes (K,5)) -> (K, num_classes)``."""
+    def forward(self, inputs: list[torch.Tensor], boxes: torch.Tensor, *, with_features: bool = False):
+        """See the class docstring: ``([slow, fast] or [slow], boxes (K,5)) -> (K, num_classes)``; with
+        ``with_features`` also the head's pooled RoI features (K, sum C_p) (see ``roi_head.RoIHead``)."""
         if len(inputs) != self.num_pathways:
             expected = "[slow, fast]" if self.num_pathways == 2 else "[slow]"
             raise InputFormatError(f"{self.arch} model: expected {expected} input tensors, got {len(inputs)}")
@@ -285,4 +286,4 @@ class SlowFast(nn.Module):
             if self.num_pathways == 2:
                 x = getattr(self, f"s{stage}_fuse")(x)
             x = getattr(self, f"s{stage + 1}")(x)
-        return self.head(x, boxes)
+        return self.head(x, boxes, with_features=with_features)

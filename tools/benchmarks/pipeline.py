@@ -13,6 +13,10 @@ full-width SlowFast R50 32x2 of PySlowFast's AVA config; or ``--config``/``--wei
 The ratio end-to-end / compute-alone is the pipeline's overhead (1.0 = decoding and preprocessing fully hidden).
 The two alternate ``--repeats`` times; the ratio is the median of the per-repeat ratios, so that a change of
 machine load between them hits both alike.
+
+``--tracks`` adds a third run per repeat, the same stream with person tracks (``tracks=True``: the head also
+returns its pooled RoI features, the tracker assigns ids), and prints the tracking stage's own time as a share
+of that run and the end-to-end ratio tracked / untracked (median of the repeats).
 """
 import statistics
 import tempfile
@@ -37,6 +41,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="end-to-end / compute-alone pairs (default 3)")
+    parser.add_argument("--tracks", action="store_true",
+                        help="also time the stream with person tracks and report tracking's share")
 
 
 def _write_video(path: Path, width: int, height: int, seconds: int, fps: int = 30) -> None:
@@ -141,11 +147,14 @@ def run(args):
         else:
             options["detector"] = "torchvision"
         detector = ActionDetector(**options)
+        tracked = ActionDetector(**options, tracks=True) if args.tracks else None
         # Warm-up, one untimed run of the whole video: oneDNN weights packed and scratch buffers grown for the
         # batch shapes of the timed runs (a one-keyframe warm-up left that to the first timed run).
-        list(detector.stream(video))
+        for warm in (detector, tracked):
+            if warm is not None:
+                list(warm.stream(video))
 
-        pairs = []
+        pairs, tracked_runs = [], []
         for _ in range(args.repeats):
             timings = StageTimings()
             start = time.perf_counter()
@@ -153,6 +162,11 @@ def run(args):
             end_to_end = time.perf_counter() - start
             detect_s, model_s = _compute_alone(detector, results, args.batch_size)
             pairs.append((end_to_end, detect_s + model_s, timings))
+            if tracked is not None:
+                tracked_timings = StageTimings()
+                start = time.perf_counter()
+                list(tracked.stream(video, timings=tracked_timings))
+                tracked_runs.append((time.perf_counter() - start, end_to_end, tracked_timings))
 
     end_to_end, compute, timings = min(pairs, key=lambda pair: pair[0])  # the fastest end-to-end run is shown
     ratio = statistics.median(e / c for e, c, _ in pairs) if all(c for _, c, _ in pairs) else float("nan")
@@ -177,4 +191,17 @@ def run(args):
     print(f"end-to-end / compute-alone: {ratio:.3f}, median of {len(pairs)} (1.000 = decoding and preprocessing "
           "fully hidden); "
           f"{timings.model_batches} model batches; peak RSS {peak_rss_mb():.0f} MB")
-    return {"end_to_end_s": end_to_end, "compute_s": compute, "ratio": ratio, "stages": timings.as_dict()}
+    report = {"end_to_end_s": end_to_end, "compute_s": compute, "ratio": ratio, "stages": timings.as_dict()}
+    if tracked_runs:
+        share = statistics.median(t.tracking / e for e, _, t in tracked_runs)
+        slowdown = statistics.median(e / plain for e, plain, _ in tracked_runs)
+        fastest = min(tracked_runs, key=lambda run: run[0])
+        print(f"with --tracks: end to end {fastest[0]:.3f} s ({fastest[0] / keyframes:.4f} s/keyframe), tracking "
+              f"stage {fastest[2].tracking * 1000:.2f} ms ({fastest[2].tracking / keyframes * 1000:.3f} ms/keyframe, "
+              f"{fastest[2].persons} persons)")
+        print("per repeat, tracked / untracked end to end (s): "
+              + ", ".join(f"{e:.2f} / {plain:.2f}" for e, plain, _ in tracked_runs))
+        print(f"tracking stage / tracked end to end: {share * 100:.3f}% (median of {len(tracked_runs)}); "
+              f"tracked / untracked end to end: {slowdown:.3f} (median; includes returning the RoI features)")
+        report.update(tracking_share=share, tracked_ratio=slowdown)
+    return report
