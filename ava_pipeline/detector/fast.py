@@ -119,11 +119,12 @@ class FoldedConv2d(nn.Module):
                     x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.activation,
                     [None], "")
             # In place: oneDNN's sum post-op accumulates into the residual's memory (its out-of-place binary
-            # post-op reads the residual as a separate source and writes a fresh tensor: slower).
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
+            # post-op reads the residual as a separate source and writes a fresh tensor: slower). oneDNN fuses
+            # only a ReLU after the sum.
+            y = torch.ops.mkldnn._convolution_pointwise_.binary(
                 residual.contiguous(memory_format=CHANNELS_LAST), x, weight, self.bias, self.padding, self.stride,
-                self.dilation, self.groups, "add", 1.0, None if self.activation == "none" else self.activation, [],
-                "")
+                self.dilation, self.groups, "add", 1.0, "relu" if self.activation == "relu" else None, [], "")
+            return F.hardswish(y, inplace=True) if self.activation == "hardswish" else y
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
