@@ -12,8 +12,9 @@ full-width SlowFast R50 32x2 of PySlowFast's AVA config; or ``--config``/``--wei
 
 With ``--detector torchvision`` the person detector is a torchvision Faster R-CNN (``--detector-model``, default
 ``fasterrcnn_resnet50_fpn_v2``) with seeded random weights whose person logit is raised, so that every keyframe
-has persons; ``--no-fast`` runs both models eager (the "before" of the fast paths), ``--detector-size`` sets the
-detector's input short side.
+has persons (at most ``--persons`` kept); ``--no-fast`` runs both models eager (the "before" of the fast
+paths); ``--detector-size`` sets the detector's input short side. The ``detect`` and ``action_model`` rows are
+the two models' seconds per keyframe.
 
 The ratio end-to-end / compute-alone is the pipeline's overhead (1.0 = decoding and preprocessing fully hidden).
 The two alternate ``--repeats`` times; the ratio is the median of the per-repeat ratios, so that a change of
@@ -41,7 +42,8 @@ def add_arguments(parser):
     parser.add_argument("--no-fast", action="store_true", help="eager action model and detector")
     parser.add_argument("--seconds", type=int, default=6, help="video length; one keyframe per second")
     parser.add_argument("--resolution", default="640x360", help="WIDTHxHEIGHT of the synthetic video")
-    parser.add_argument("--persons", type=int, default=2, help="boxes per keyframe in the box file")
+    parser.add_argument("--persons", type=int, default=2,
+                        help="boxes per keyframe in the box file; with --detector torchvision, the most kept")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -166,7 +168,8 @@ def run(args):
         else:
             options["detector"] = "torchvision"
             options["detector_options"] = {"model": args.detector_model, "fast": not args.no_fast,
-                                           "weights": _write_detector(folder, args.detector_model)}
+                                           "weights": _write_detector(folder, args.detector_model),
+                                           "max_detections": args.persons}
             if args.detector_size:
                 options["detector_options"]["input_min_size"] = args.detector_size
         detector = ActionDetector(**options)
