@@ -204,9 +204,9 @@ def test_channels_last_linear_equals_flatten_and_linear():
 def test_autocast_path_hands_float32_to_torchvisions_post_processing():
     model = spread_out_model("fasterrcnn_mobilenet_v3_large_fpn", min_size=96, max_size=170)
     frames = noise_frames(1)
+    model.roi_heads.score_thresh = 0.01
     fast = optimize_detector(model, dtype=torch.bfloat16)
     assert not any(getattr(m, "use_onednn", False) for m in fast.modules())
-    model.roi_heads.score_thresh = 0.01
     with torch.inference_mode():
         output = fast([torch.from_numpy(frames[0]).permute(2, 0, 1).float() / 255])[0]
     assert output["boxes"].dtype == torch.float32 and output["scores"].dtype == torch.float32
