@@ -51,6 +51,8 @@ from torch import nn
 from ..errors import ConfigError
 
 CHANNELS_LAST = torch.channels_last
+MAX_PACKED_SHAPES = 8
+"""Input shapes per convolution whose packed weight is kept (FPN levels: 5)."""
 ACTIVATIONS = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}
 """Activations that follow a convolution and run fused into it (oneDNN post-op names)."""
 
@@ -104,7 +106,7 @@ class FoldedConv2d(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.activation, self.use_onednn = activation, use_onednn
-        self._packed = (None, None)  # (input shape, weight in oneDNN's blocked layout for that shape)
+        self._packed: dict = {}  # input shape -> weight in oneDNN's blocked layout for that shape
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
@@ -135,26 +137,29 @@ class FoldedConv2d(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_packed"] = (None, None)  # oneDNN's opaque tensors cannot be copied or pickled; repacked on use
+        state["_packed"] = {}  # oneDNN's opaque tensors cannot be copied or pickled; repacked on use
         return state
 
     def _packed_weight(self, input_shape: torch.Size) -> torch.Tensor:
         """The weight reordered once into the blocked layout oneDNN picks for inputs of ``input_shape``
-        (otherwise oneDNN reorders it on every call); repacked when the input shape changes."""
-        shape, packed = self._packed
-        if shape != input_shape:
+        (otherwise oneDNN reorders it on every call). One per input shape: the RPN head's convolutions run on
+        every FPN level, the box head's on a varying number of RoIs (only the last few such shapes are kept)."""
+        packed = self._packed.get(input_shape)
+        if packed is None:
+            if len(self._packed) >= MAX_PACKED_SHAPES:
+                self._packed.clear()
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 self.weight.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,
                 list(input_shape))
-            self._packed = (input_shape, packed)
+            self._packed[input_shape] = packed
         return packed
 
     def _apply(self, fn, *args, **kwargs):
-        self._packed = (None, None)  # moved or cast: the derived copies are stale
+        self._packed = {}  # moved or cast: the derived copies are stale
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = (None, None)  # new weights: the derived copies are stale
+        self._packed = {}  # new weights: the derived copies are stale
         super()._load_from_state_dict(*args, **kwargs)
 
 
