@@ -17,8 +17,8 @@ The rewrite, as in the action model's fast path (:mod:`ava_pipeline.models.infer
 * Every BatchNorm2d (v2) and FrozenBatchNorm2d (v1, MobileNet) is folded into the convolution before it.
 * On CPU in float32 the convolutions run through oneDNN on channels-last (NHWC) activations, with the
   following ReLU / Hardswish fused, and in ResNet bottlenecks the residual addition fused too (accumulated in
-  place into the shortcut's memory). Each weight is reordered once into oneDNN's blocked layout for the input
-  shape and kept (repacked when the shape changes).
+  place into the shortcut's memory). Each weight is reordered once per input shape into oneDNN's blocked
+  layout and kept (the RPN head's convolutions see one shape per FPN level).
 * No Winograd here: measured on the 2-core development machine (2 threads, float32), the action model's
   Winograd F(4x4, 3x3) (:mod:`ava_pipeline.models.winograd`) was slower than oneDNN's direct convolution for
   every 256-channel 3x3 shape of these detectors: v2's box head over 1,000 RoIs of 7x7 (1.43 s vs 0.83 s per
