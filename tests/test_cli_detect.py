@@ -92,12 +92,31 @@ def test_render_writes_a_video_with_the_source_frame_count(setup, tmp_path):
     (["--device", "gpu"], "'gpu' is not a device"),
     (["--batch-size", "0"], "0 must be at least 1"),
     (["--detector", "torchvision"], "drop one of them"),
+    (["--detector-size", "480"], "--detector-size 480 resizes images for an image detector"),
+    (["--detector-size", "0"], "0 must be at least 1"),
+    (["--detector-precision", "fp16"], "applies to the torchvision detector only"),
+    (["--no-fast", "--precision", "bf16"], "drop --no-fast"),
 ])
 def test_usage_errors_exit_2_with_one_line(setup, tmp_path, capsys, arguments, message):
     assert run(setup, "--out", str(tmp_path / "x.csv"), *arguments) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ava-detect: error:") and message in err[0]
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_no_fast_and_detector_size_reach_the_action_model_and_the_detector():
+    from ava_pipeline.cli.detect import build_parser, detector_settings
+
+    parse = build_parser().parse_args
+    default = detector_settings(parse(["v.mp4", "--out", "o.csv"]))
+    assert default["fast"] is True and default["detector_options"] == {}
+    eager = detector_settings(parse(["v.mp4", "--out", "o.csv", "--no-fast", "--detector-size", "480",
+                                     "--detector-precision", "bf16"]))
+    assert eager["fast"] is False
+    assert eager["detector_options"] == {"fast": False, "input_min_size": 480, "precision": "bf16"}
+    detectron2 = detector_settings(parse(["v.mp4", "--out", "o.csv", "--no-fast", "--detector", "detectron2",
+                                          "--detector-size", "600"]))
+    assert detectron2["fast"] is False and detectron2["detector_options"] == {"input_min_size": 600}
 
 
 def test_a_multi_line_library_message_is_printed_on_one_line(setup, tmp_path, capsys):

@@ -38,9 +38,10 @@ def rows_in_order(boxes, scores):
 # ------------------------------------------------------------------------------------------- torchvision
 
 @pytest.mark.real_size
+@pytest.mark.parametrize("fast", [False, True], ids=["eager", "fast"])
 @pytest.mark.parametrize("name, frozen_batch_norm", [("fasterrcnn_mobilenet_v3_large_fpn", True),
                                                       ("fasterrcnn_resnet50_fpn", True)])
-def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name, frozen_batch_norm, tmp_path,
+def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name, frozen_batch_norm, fast, tmp_path,
                                                                           monkeypatch):
     trained = random_torchvision_model(name)
     weights = tmp_path / "detector.pth"
@@ -61,10 +62,13 @@ def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name
     with torch.inference_mode():
         outputs = reference([torch.from_numpy(image).permute(2, 0, 1).float() / 255 for image in images])
     person_scores = np.concatenate([o["scores"][o["labels"] == 1].numpy() for o in outputs])
-    score_thresh = float(np.median(person_scores))  # some persons pass, some do not
+    middle = np.sort(person_scores)[len(person_scores) // 2 - 1:][:2]
+    score_thresh = float(middle.mean())  # half the persons pass; none is within rounding of the threshold
+    assert middle[1] - middle[0] > 1e-4
 
     detector = build_detector("torchvision", model=name, weights=str(weights), score_thresh=score_thresh,
-                              max_detections=10_000, input_min_size=SMALL["min_size"], input_max_size=SMALL["max_size"])
+                              max_detections=10_000, input_min_size=SMALL["min_size"], input_max_size=SMALL["max_size"],
+                              fast=fast)
     found = detector.detect(images, video_id="ignored", timestamps=[0, 1])
     assert len(found) == 2 and sum(len(p) for p in found) > 0
     for image, output, persons in zip(images, outputs, found):
@@ -73,7 +77,13 @@ def test_loaded_state_dict_gives_the_persons_of_torchvisions_own_coco_model(name
         keep = (output["labels"] == 1) & (output["scores"] >= score_thresh)
         size = np.array([image.shape[1], image.shape[0]] * 2, np.float32)
         expected = rows_in_order(output["boxes"][keep].numpy() / size, output["scores"][keep].numpy())
-        np.testing.assert_allclose(rows_in_order(persons.boxes, persons.scores), expected, rtol=0, atol=1e-6)
+        found_rows = rows_in_order(persons.boxes, persons.scores)
+        # eager: torchvision's own numbers; fast: the same within float32 rounding (the bar: boxes
+        # within 0.05 px, scores within 1e-4)
+        assert found_rows.shape == expected.shape
+        np.testing.assert_allclose(found_rows[:, 0], expected[:, 0], rtol=0, atol=1e-4 if fast else 1e-6)
+        np.testing.assert_allclose(found_rows[:, 1:] * size, expected[:, 1:] * size, rtol=0,
+                                   atol=0.05 if fast else 1e-4)
     fingerprint = detector.fingerprint()
     assert fingerprint["model"] == name and fingerprint["score_thresh"] == score_thresh
     assert fingerprint["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(torchvision: e.g. fasterrcnn_resnet50_fpn_v2; detectron2: config name or YAML)")
     parser.add_argument("--detector-weights", metavar="FILE", help="local weights of the detector model "
                         "(default: its COCO weights, downloaded once)")
+    parser.add_argument("--detector-size", type=positive_int, metavar="SHORT_SIDE",
+                        help="resize keyframes so their short side is SHORT_SIDE pixels for the image detector "
+                        "(default: the model's, 800 for the torchvision R50 models; smaller is faster and misses "
+                        "more small persons; the long side stays capped at the model's maximum)")
+    parser.add_argument("--detector-precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="torchvision detector precision: fp16/bf16 autocast is for GPUs (default fp32)")
     parser.add_argument("--boxes", metavar="CSV", help="precomputed person boxes, AVA CSV "
                         "(video_id,timestamp,x1,y1,x2,y2,[label],score); video_id is the video's file stem")
     parser.add_argument("--box-thresh", type=probability, metavar="F",
@@ -149,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keyframes per action-model forward pass (default 8)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                         help="action-model precision: fp16/bf16 autocast is for GPUs (default fp32)")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="run the eager models instead of the fast inference paths of the action model and "
+                        "the torchvision detector (which give the same numbers within float32 rounding)")
     parser.add_argument("--runtime", choices=RUNTIMES,
                         help="what runs the action model: torch (default) or onnxruntime on the --onnx file")
     parser.add_argument("--onnx", metavar="FILE", help="action model exported by ava-export (implies --runtime "
@@ -250,13 +259,18 @@ def find_videos(inputs: Sequence[str | Path], *, exclude: Sequence[Path] = ()) -
 
 def detector_settings(args: argparse.Namespace) -> dict:
     """Keyword arguments of :class:`ava_pipeline.ActionDetector` from the command line."""
-    options = {key: value for key, value in (("model", args.detector_model), ("weights", args.detector_weights))
-               if value is not None}
+    options = {key: value for key, value in (("model", args.detector_model), ("weights", args.detector_weights),
+                                             ("input_min_size", args.detector_size)) if value is not None}
+    if args.boxes is None and args.detector in (None, "torchvision"):
+        if args.no_fast:
+            options["fast"] = False
+        if args.detector_precision != "fp32":
+            options["precision"] = args.detector_precision
     settings = dict(model=args.model, config=args.config, weights=args.weights, detector=args.detector,
                     boxes=args.boxes, box_thresh=args.box_thresh, detector_options=options, device=args.device,
                     batch_size=args.batch_size, keyframes=args.keyframes, precision=args.precision,
                     persons_only=args.persons_only, runtime=args.runtime or ("onnx" if args.onnx else "torch"),
-                    onnx=args.onnx)
+                    onnx=args.onnx, fast=not args.no_fast)
     if args.tracks:
         settings["tracks"] = {key: value for key, value in (
             ("smooth_scores", args.smooth_scores), ("max_missed", args.track_max_missed),
@@ -303,6 +317,14 @@ def _check_usage(args: argparse.Namespace) -> None:
         given = [f"--{name.replace('_', '-')}" for name in TRACK_OPTIONS if getattr(args, name) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} work(s) on person tracks; add --tracks")
+    if args.boxes is not None and args.detector_size is not None:
+        raise UsageError(f"--detector-size {args.detector_size} resizes images for an image detector, but --boxes "
+                         f"{args.boxes} gives precomputed boxes; drop one of them")
+    if args.detector_precision != "fp32" and (args.boxes is not None or args.detector not in (None, "torchvision")):
+        raise UsageError(f"--detector-precision {args.detector_precision} applies to the torchvision detector "
+                         "only; drop it")
+    if args.no_fast and args.precision != "fp32":
+        raise UsageError(f"--precision {args.precision} runs through the fast inference path; drop --no-fast")
     if args.boxes is not None and not Path(args.boxes).is_file():
         raise UsageError(f"{args.boxes}: box file not found")
     if args.runtime == "onnx" and args.onnx is None:

@@ -3,7 +3,8 @@
 Backends, one module each (:func:`build_detector` picks one by name):
 
 * ``torchvision`` (default): a COCO Faster R-CNN from torchvision, person class only;
-  ``fasterrcnn_resnet50_fpn_v2`` (COCO box AP 46.7) by default.
+  ``fasterrcnn_resnet50_fpn_v2`` (COCO box AP 46.7) by default; runs through the inference rewrite of
+  :mod:`.fast` (same detections within float32 rounding) unless ``fast=False``.
 * ``detectron2``: any detectron2 config and weights, when detectron2 is installed (it is not on PyPI).
 * ``precomputed``: person boxes read from an AVA box CSV (e.g. the released
   ``ava_detection_val_boxes_and_labels.csv``); pixels are ignored, boxes are looked up by video id and time.

@@ -27,6 +27,8 @@ TORCHVISION_MODELS = {
 (v1: with eps 0) and randomly initialised ones with BatchNorm2d; we build the COCO structure so that any
 state dict of the COCO model, or of one fine-tuned from it, gives torchvision's numbers."""
 DEFAULT_TORCHVISION_MODEL = "fasterrcnn_resnet50_fpn_v2"
+DETECTOR_PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+"""Detector precisions of the fast path: name -> torch dtype of its autocast (None: float32)."""
 
 class TorchvisionPersonDetector:
     """A torchvision Faster R-CNN (91 COCO classes) keeping the person class.
@@ -38,6 +40,11 @@ class TorchvisionPersonDetector:
     The model's own score threshold is set just below ``score_thresh`` and its per-image cap lifted (other
     classes must not crowd persons out); ``max_detections`` then caps the persons. Images are run as one
     batch per :meth:`detect` call.
+
+    With ``fast`` (the default) :meth:`detect` runs :func:`~ava_pipeline.detector.fast.optimize_detector`'s
+    copy of the model (norms folded, fused oneDNN convolutions on CPU; the same detections within float32
+    rounding); ``fast=False`` runs the eager torchvision model. ``precision`` ``"fp16"`` / ``"bf16"`` runs the
+    fast copy's networks under autocast (for GPUs; boxes then differ by more than rounding).
     """
 
     backend = "torchvision"
@@ -45,8 +52,14 @@ class TorchvisionPersonDetector:
 
     def __init__(self, model: "torch.nn.Module", *, name: str, weights: str, weights_sha256: Optional[str],
                  score_thresh: float = DEFAULT_SCORE_THRESH, min_box_size: float = 0.0,
-                 max_detections: int = DEFAULT_MAX_DETECTIONS, person_label: int = 1, device: Any = "cpu"):
+                 max_detections: int = DEFAULT_MAX_DETECTIONS, person_label: int = 1, device: Any = "cpu",
+                 fast: bool = True, precision: str = "fp32"):
         import torch
+
+        if precision not in DETECTOR_PRECISIONS:
+            raise ConfigError(f"unknown detector precision {precision!r}; use one of {list(DETECTOR_PRECISIONS)}")
+        if precision != "fp32" and not fast:
+            raise ConfigError(f"detector precision={precision!r} runs through the fast path; drop fast=False")
 
         self.model = model.eval()
         self.model.roi_heads.score_thresh = strictly_below(score_thresh)
@@ -58,8 +71,22 @@ class TorchvisionPersonDetector:
         self.min_box_size = float(min_box_size)
         self.max_detections = int(max_detections)
         self.person_label = person_label
+        self.fast = bool(fast)
+        self.precision = precision
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.runtime_model = self._runtime_model()
+        """What :meth:`detect` runs: the fast inference copy of :attr:`model`, or :attr:`model` itself."""
+
+    def _runtime_model(self) -> "torch.nn.Module":
+        import torch
+
+        from .fast import optimize_detector
+
+        if not self.fast:
+            return self.model
+        dtype = DETECTOR_PRECISIONS[self.precision]
+        return optimize_detector(self.model, device=self.device, dtype=dtype and getattr(torch, dtype))
 
     @property
     def description(self) -> str:
@@ -67,7 +94,8 @@ class TorchvisionPersonDetector:
         digest = f"sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "no hash"
         return (f"torchvision {self.name} ({self.weights}, {digest}), input short side {transform.min_size[0]} "
                 f"(long <= {transform.max_size}), person score >= {self.score_thresh}, "
-                f"boxes >= {self.min_box_size:g} px, <= {self.max_detections} per image")
+                f"boxes >= {self.min_box_size:g} px, <= {self.max_detections} per image"
+                + ("" if self.fast else ", eager") + ("" if self.precision == "fp32" else f", {self.precision}"))
 
     def fingerprint(self) -> dict:
         import torchvision
@@ -77,13 +105,15 @@ class TorchvisionPersonDetector:
                 "weights_sha256": self.weights_sha256, "torchvision": torchvision.__version__,
                 "score_thresh": self.score_thresh, "min_box_size": self.min_box_size,
                 "max_detections": self.max_detections, "input_min_size": int(transform.min_size[0]),
-                "input_max_size": int(transform.max_size)}
+                "input_max_size": int(transform.max_size),
+                **({} if self.precision == "fp32" else {"precision": self.precision})}  # fast or not: rounding
 
     def to(self, device: Any) -> "TorchvisionPersonDetector":
         import torch
 
         self.device = torch.device(device)
         self.model.to(self.device)
+        self.runtime_model = self._runtime_model()  # the fast path depends on the device (oneDNN on CPU)
         return self
 
     def detect(self, images: Sequence[np.ndarray], *, video_id: Optional[str] = None,
@@ -101,7 +131,7 @@ class TorchvisionPersonDetector:
             # a copy: keyframe images may be read-only views of the decoder's frames, or BGR->RGB views
             tensors = [torch.tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1).float() / 255
                        for image in images]
-            outputs = self.model(tensors)
+            outputs = self.runtime_model(tensors)
         return [select_persons(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
                                person_label=self.person_label, image_size=(image.shape[1], image.shape[0]),
                                score_thresh=self.score_thresh, min_box_size=self.min_box_size,
@@ -203,10 +233,11 @@ def fetch_torchvision_weights(url: str, directory: Union[str, Path, None] = None
 def build_torchvision_detector(model: str = DEFAULT_TORCHVISION_MODEL, *, weights: Union[str, Path, None] = None,
                                score_thresh: float = DEFAULT_SCORE_THRESH, min_box_size: float = 0.0,
                                max_detections: int = DEFAULT_MAX_DETECTIONS, device: str = "cpu",
-                               input_min_size: Optional[int] = None, input_max_size: Optional[int] = None
-                               ) -> TorchvisionPersonDetector:
+                               input_min_size: Optional[int] = None, input_max_size: Optional[int] = None,
+                               fast: bool = True, precision: str = "fp32") -> TorchvisionPersonDetector:
     """Torchvision person detector with COCO weights (``weights=None``: torchvision's default weights for
-    ``model``, downloaded once to the torch hub cache) or a local state dict file ``weights``."""
+    ``model``, downloaded once to the torch hub cache) or a local state dict file ``weights``; ``fast`` /
+    ``precision`` as in :class:`TorchvisionPersonDetector`."""
     import torchvision
 
     network = build_torchvision_model(model, input_min_size=input_min_size, input_max_size=input_max_size)
@@ -219,4 +250,5 @@ def build_torchvision_detector(model: str = DEFAULT_TORCHVISION_MODEL, *, weight
     return TorchvisionPersonDetector(network, name=model, weights=label, weights_sha256=sha256,
                                      score_thresh=score_thresh, min_box_size=min_box_size,
                                      max_detections=max_detections,
-                                     person_label=default.meta["categories"].index("person"), device=device)
+                                     person_label=default.meta["categories"].index("person"), device=device,
+                                     fast=fast, precision=precision)

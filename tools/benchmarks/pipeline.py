@@ -10,6 +10,12 @@ full-width SlowFast R50 32x2 of PySlowFast's AVA config; or ``--config``/``--wei
   on ready-made input tensors of the same shapes and batch sizes, i.e. what the end-to-end run would cost
   if decoding and preprocessing were free.
 
+With ``--detector torchvision`` the person detector is a torchvision Faster R-CNN (``--detector-model``, default
+``fasterrcnn_resnet50_fpn_v2``) with seeded random weights whose person logit is raised, so that every keyframe
+has persons (at most ``--persons`` kept); ``--no-fast`` runs both models eager (the "before" of the fast
+paths); ``--detector-size`` sets the detector's input short side. The ``detect`` and ``action_model`` rows are
+the two models' seconds per keyframe.
+
 The ratio end-to-end / compute-alone is the pipeline's overhead (1.0 = decoding and preprocessing fully hidden).
 The two alternate ``--repeats`` times; the ratio is the median of the per-repeat ratios, so that a change of
 machine load between them hits both alike.
@@ -34,9 +40,14 @@ def add_arguments(parser):
     parser.add_argument("--config", help="model config (YAML or zoo name) instead of --size")
     parser.add_argument("--weights", help="checkpoint for --config")
     parser.add_argument("--detector", choices=("precomputed", "torchvision"), default="precomputed")
+    parser.add_argument("--detector-model", default="fasterrcnn_resnet50_fpn_v2",
+                        help="torchvision detector with --detector torchvision (random weights)")
+    parser.add_argument("--detector-size", type=int, metavar="SHORT_SIDE", help="torchvision detector input short side")
+    parser.add_argument("--no-fast", action="store_true", help="eager action model and detector")
     parser.add_argument("--seconds", type=int, default=6, help="video length; one keyframe per second")
     parser.add_argument("--resolution", default="640x360", help="WIDTHxHEIGHT of the synthetic video")
-    parser.add_argument("--persons", type=int, default=2, help="boxes per keyframe in the box file")
+    parser.add_argument("--persons", type=int, default=2,
+                        help="boxes per keyframe in the box file; with --detector torchvision, the most kept")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -86,6 +97,21 @@ def _write_model(folder: Path, size: str) -> tuple[str, str]:
     config_path.write_text(dump_config(config))
     torch.save({"model_state": model.state_dict(), "epoch": 1}, weights_path)
     return str(config_path), str(weights_path)
+
+
+def _write_detector(folder: Path, name: str) -> str:
+    """Seeded random weights of torchvision detector ``name`` with a raised person logit (persons everywhere)."""
+    import torch
+
+    from ava_pipeline.detector import build_torchvision_model
+
+    torch.manual_seed(0)
+    model = build_torchvision_model(name)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] += 8.0
+    path = folder / "detector.pth"
+    torch.save(model.state_dict(), path)
+    return str(path)
 
 
 def _compute_alone(detector, results, batch_size: int) -> tuple[float, float]:
@@ -139,13 +165,19 @@ def run(args):
         video = folder / "bench.mp4"
         _write_video(video, width, height, args.seconds)
         config, weights = (args.config, args.weights) if args.config else _write_model(folder, args.size)
-        options = {"config": config, "weights": weights, "device": args.device, "batch_size": args.batch_size}
+        options = {"config": config, "weights": weights, "device": args.device, "batch_size": args.batch_size,
+                   "fast": not args.no_fast}
         if args.detector == "precomputed":
             boxes = folder / "boxes.csv"
             _write_boxes(boxes, video.stem, args.seconds, args.persons)
             options["boxes"] = str(boxes)
         else:
             options["detector"] = "torchvision"
+            options["detector_options"] = {"model": args.detector_model, "fast": not args.no_fast,
+                                           "weights": _write_detector(folder, args.detector_model),
+                                           "max_detections": args.persons}
+            if args.detector_size:
+                options["detector_options"]["input_min_size"] = args.detector_size
         detector = ActionDetector(**options)
         tracked = ActionDetector(**options, tracks=True) if args.tracks else None
         # Warm-up, one untimed run of the whole video: oneDNN weights packed and scratch buffers grown for the
@@ -175,8 +207,8 @@ def run(args):
     print(machine_line(threads=torch.get_num_threads()))
     print(f"video: {width}x{height}, {args.seconds} s at 30 fps, {timings.keyframes} keyframes, "
           f"{timings.persons} persons; model {cfg.name} ({cfg.model.num_frames}x{cfg.model.sampling_rate}, "
-          f"short side {cfg.data.test_crop_size}); detector {args.detector}; batch {args.batch_size}; "
-          f"device {args.device}")
+          f"short side {cfg.data.test_crop_size}); detector {detector.detector.description}; batch "
+          f"{args.batch_size}; device {args.device}; {'eager' if args.no_fast else 'fast'} paths")
     print(f"{'stage':<26}{'seconds':>10}{'s/keyframe':>12}")
     background = {"decode", "preprocess"} | ({"detect"} if args.detector == "precomputed" else set())
     for name in ("decode", "detect", "preprocess", "action_model"):
