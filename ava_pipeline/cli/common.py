@@ -1,16 +1,56 @@
 """Tiny helpers shared by the console entry points."""
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import re
 import sys
 import traceback
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from ..errors import AvaPipelineError, ConfigError
 
 USAGE_ERROR = 2
 """Exit status for a bad command line or unusable input (argparse uses it too)."""
+
+
+# ------------------------------------------------------------------------------------- argparse value types
+
+def _number(kind: type, *, least: Optional[float] = None, above: Optional[float] = None,
+            most: Optional[float] = None) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float) parsed from the text, finite and within the bounds, else an
+    ``ArgumentTypeError`` that says what is wanted."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+                                             ) from None
+        if least is not None and most is not None:
+            if not least <= value <= most:  # NaN fails too
+                raise argparse.ArgumentTypeError(f"{text} is outside [{least:g}, {most:g}]")
+        elif least is not None and not (value >= least and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be at least {least:g}")
+        elif above is not None and not (value > above and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+        return value
+    return parse
+
+
+positive_int = _number(int, least=1)
+non_negative_int = _number(int, least=0)
+non_negative_float = _number(float, least=0)
+positive_float = _number(float, above=0)
+probability = _number(float, least=0, most=1)
+"""A number in [0, 1]."""
+
+
+def device_name(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    return text
 
 
 def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import AvaPipelineError
-from .common import USAGE_ERROR, refuse_overwriting_inputs, run_cli
+from .common import (USAGE_ERROR, device_name, non_negative_float, non_negative_int, positive_int, probability,
+                     refuse_overwriting_inputs, run_cli)
 
 PROG = "ava-detect"
 
@@ -47,17 +47,6 @@ def keyframes_spec(text: str) -> str:
     return text
 
 
-def probability(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
-    return value
-
-
 def zoo_model_name(text: str) -> str:
     """A model-zoo name (the error suggests the closest one)."""
     from ..errors import ConfigError
@@ -67,43 +56,6 @@ def zoo_model_name(text: str) -> str:
         return get_zoo_model(text).name
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def device_name(text: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
-    return text
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 0")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):

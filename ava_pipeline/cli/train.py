@@ -17,30 +17,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import USAGE_ERROR, run_cli
-from .detect import device_name, positive_int
+from .common import USAGE_ERROR, device_name, non_negative_int, positive_float, positive_int, run_cli
 
 PROG = "ava-train"
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
