@@ -31,7 +31,7 @@ from ava_pipeline.errors import ConfigError
 from ava_pipeline.labels import read_label_map, write_label_map
 from ava_pipeline.training.checkpoint import checkpoint_name, latest_checkpoint, resume, save_checkpoint
 from ava_pipeline.training.dataset import AvaClipDataset, collate
-from ava_pipeline.training import distributed
+from ava_pipeline.training import distributed, head_only as head_only_mode
 from ava_pipeline.training.init import build_training_model, describe_parameters, load_initial_weights
 from ava_pipeline.training.loop import LoopHooks, fit
 from ava_pipeline.training.metrics import MetricsLog, plot_curves
@@ -139,14 +139,16 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
           val_exclusions: Optional[str | Path] = None, epochs: Optional[int] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
           augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0,
-          quiet: bool = False,
+          quiet: bool = False, head_only: bool = False,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) an AVA action model from movie files; see ``ava-train --help`` for every argument and
     the module docstring for what ``out`` receives. Flags override the config: ``epochs`` = SOLVER.MAX_EPOCH,
     ``batch_size`` = TRAIN.BATCH_SIZE, ``lr`` = SOLVER.BASE_LR, ``seed`` = RNG_SEED, ``augment`` / ``shuffle``
     (None: the config's ``train.augment`` / ``train.shuffle``, default True). ``say`` receives the
     run's summary lines (default: stderr). Launched by torchrun, every process calls it and trains its share
-    (``ava_pipeline.training.distributed``); only rank 0 writes ``out`` and says anything."""
+    (``ava_pipeline.training.distributed``); only rank 0 writes ``out`` and says anything. ``head_only``: the
+    backbone stays frozen and only the head trains, on pooled RoI features computed once and cached in
+    ``out/head_features`` (``ava_pipeline.training.head_only``)."""
     job = distributed.from_environment()
     main = job is None or job.is_main
     say = (say or (lambda line: print(line, file=sys.stderr, flush=True))) if main else (lambda line: None)
@@ -156,6 +158,9 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     settings = with_overrides(load_train_settings(config), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                               augment=augment, shuffle=shuffle)
     distributed.per_process_batch(settings.batch_size, job)
+    if head_only and job is not None:
+        raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
+                          "ava-train without torchrun")
     classes = _class_map(model_cfg, labelmap, str(config))
     class_ids = list(classes)
     weights_path = _resolve_weights(weights if weights is not None else settings.init_weights)
@@ -167,6 +172,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         "proposals": [_file_identity(p) for p in proposals], "exclusions": _file_identity(exclusions),
         "val_annotations": _file_identity(val_annotations), "val_proposals": [_file_identity(p) for p in val_proposals],
         "val_exclusions": _file_identity(val_exclusions), "videos": str(Path(videos).resolve()),
+        **({"head_only": True} if head_only else {}),
         "weights": _file_identity(weights_path) if weights_path is not None and weights_path.is_file() else
         (str(weights_path) if weights_path else None),
     }
@@ -202,6 +208,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         model = distributed.prepare_model(model, job, device, norm_type=settings.norm_type,
                                           num_sync_devices=settings.num_sync_devices,
                                           global_sync=settings.global_sync, frozen_bn=settings.frozen_bn)
+    if head_only:
+        head_only_mode.freeze_backbone(model)  # the optimizer holds the head alone
     optimizer = build_optimizer(model, settings.solver)
     checkpoints = out / "checkpoints"
     start_epoch, previous = 0, latest_checkpoint(checkpoints)
@@ -235,7 +243,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                              train_crop_size=augmentation.train_crop_size, random_flip=augmentation.random_flip,
                              colour_jitter=augmentation.colour_jitter, pca_jitter_only=augmentation.pca_jitter_only,
                              pca_eigval=augmentation.pca_eigval, pca_eigvec=augmentation.pca_eigvec,
-                             augment=settings.augment, seed=settings.seed, **common)
+                             augment=settings.augment and not head_only, seed=settings.seed, **common)
     prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
     say(prepared.summary())
     if len(dataset) < settings.batch_size:
@@ -250,6 +258,15 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         val_dataset = AvaClipDataset(validation.samples, video_paths, augment=False, seed=settings.seed, **common)
         say(f"validation {distributed.prepare_in_turn(val_dataset, job, workers=workers).summary()}")
 
+    batch_collate, trainee, val_features = collate, model, None
+    if head_only:
+        say("head-only: frozen backbone; the head trains on pooled RoI features of the test-time transform")
+        dataset = head_only_mode.cached_features(model, dataset, out / "head_features" / "train.pt",
+                                                 batch_size=settings.batch_size, device=device, say=say)
+        if val_dataset is not None:
+            val_features = head_only_mode.cached_features(model, val_dataset, out / "head_features" / "val.pt",
+                                                          batch_size=settings.batch_size, device=device, say=say)
+        batch_collate, trainee, workers = head_only_mode.feature_collate, head_only_mode.HeadOnlyModel(model.head), 0
     metrics = MetricsLog(out / "metrics.jsonl", keep_epochs_before=start_epoch + 1) if main else None
     log_record = metrics.write if metrics is not None else (lambda record_type, **values: None)
     log_record("start", epoch=start_epoch, samples=samples.summary(), skipped=samples.skipped,
@@ -268,7 +285,9 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         if val_dataset is None:
             return None
         predictions = None
-        if job is not None:  # each process scores a share, rank 0 evaluates them all
+        if val_features is not None:
+            predictions = head_only_mode.head_predictions(trainee, val_features, device)
+        elif job is not None:  # each process scores a share, rank 0 evaluates them all
             predictions = distributed.sharded_predictions(model, val_dataset, job, batch_size=settings.batch_size,
                                                           device=device)
             if not main:
@@ -290,9 +309,10 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         (progress.write if progress is not None else say)(line)
 
     try:
-        trainee = distributed.wrap(model, device) if job is not None else model
-        fit(trainee, optimizer, dataset, collate, settings, start_epoch=start_epoch, device=device, workers=workers,
-            hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=log_record, say=tell, progress=progress), job=job)
+        if job is not None:
+            trainee = distributed.wrap(model, device)
+        fit(trainee, optimizer, dataset, batch_collate, settings, start_epoch=start_epoch, device=device,
+            workers=workers, hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=log_record, say=tell, progress=progress), job=job)
     finally:
         if metrics is not None:
             metrics.close()
