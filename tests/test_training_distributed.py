@@ -201,3 +201,21 @@ def test_pyslowfast_frozen_bn_and_norm_type_keys(tmp_path):
     path.write_text("MODEL:\n  ARCH: slowfast\nBN:\n  NORM_TYPE: groupnorm\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="norm_type='groupnorm' is not supported"):
         load_train_settings(path)
+
+
+def test_frozen_bn_keeps_running_statistics_and_trains_affine_weights(tmp_path):
+    from ava_pipeline.training import train
+
+    data = write_dataset(tmp_path)
+    runs = {}
+    for frozen in (False, True):
+        config = write_config(tmp_path / f"tiny_{frozen}.yaml", num_classes=3, label_map=str(data["labelmap"]),
+                              train={"frozen_bn": frozen, "solver": {"base_lr": 0.001, "max_epoch": 1}})
+        result = train(config, videos=data["videos"], annotations=data["annotations"], out=tmp_path / f"run_{frozen}",
+                       quiet=True, say=lambda line: None)
+        runs[frozen] = torch.load(result.checkpoint, weights_only=True)["model_state"]
+    bn = "s2.pathway0_res0.branch2.a_bn"
+    assert int(runs[False][f"{bn}.num_batches_tracked"]) == 3 and int(runs[True][f"{bn}.num_batches_tracked"]) == 0
+    assert torch.equal(runs[True][f"{bn}.running_mean"], torch.zeros_like(runs[True][f"{bn}.running_mean"]))
+    assert torch.equal(runs[True][f"{bn}.running_var"], torch.ones_like(runs[True][f"{bn}.running_var"]))
+    assert not torch.equal(runs[True][f"{bn}.weight"], torch.ones_like(runs[True][f"{bn}.weight"]))  # trained
