@@ -2,6 +2,7 @@
 and as many boxes per process, 2 processes on a global batch of 2 give the 1-process checkpoint within float noise;
 a 2-process run SIGKILLed mid-epoch and restarted ends with the uninterrupted run's checkpoint. Plus the sharding,
 the batch split and the settings keys, in-process."""
+import json
 import os
 import signal
 import subprocess
@@ -100,7 +101,8 @@ def test_two_processes_give_the_one_process_checkpoint(setup, two_process_run, t
 
     # rank 0 alone wrote the run: one record per iteration (3 per epoch), one evaluation over all 6 keyframes
     records = (two / "metrics.jsonl").read_text().splitlines()
-    assert sum('"type": "iteration"' in line for line in records) == 9
+    iterations = [json.loads(line) for line in records if '"type": "iteration"' in line]
+    assert len(iterations) == 9 and all(r["boxes"] == 4 for r in iterations)  # the global batch's boxes
     evaluations = [line for line in records if '"type": "eval"' in line]
     assert len(evaluations) == 1 and '"keyframes": 6' in evaluations[0]
     single_eval = next(line for line in (one / "metrics.jsonl").read_text().splitlines() if '"type": "eval"' in line)
@@ -111,7 +113,6 @@ def test_two_processes_give_the_one_process_checkpoint(setup, two_process_run, t
 
 
 def _eval_map(line):
-    import json
     return json.loads(line)["mAP"]
 
 

@@ -144,15 +144,16 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
             inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
             lr = learning_rate(solver, epoch + float(iteration) / iterations)
             loss = train_step(model, optimizer, inputs, batch.boxes.to(device), batch.labels.to(device), lr)
-            if job is not None:
-                loss = job.mean(loss, device)
+            boxes = int(batch.boxes.shape[0])
+            if job is not None:  # the logged figures are the job's: mean loss, boxes of the global batch
+                loss, boxes = job.mean(loss, device), sum(job.all_gather_int(boxes, device))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             compute_s = time.perf_counter() - computed_from
             step += 1
             losses.append(loss)
             hooks.log("iteration", epoch=epoch + 1, iteration=iteration + 1, step=step, lr=lr, loss=loss,
-                      boxes=int(batch.boxes.shape[0]), data_s=round(data_s, 6), compute_s=round(compute_s, 6))
+                      boxes=boxes, data_s=round(data_s, 6), compute_s=round(compute_s, 6))
             if hooks.progress is not None:
                 hooks.progress.set_postfix_str(f"epoch {epoch + 1}/{solver.max_epoch} loss {loss:.4f} lr {lr:.3g}",
                                                refresh=False)

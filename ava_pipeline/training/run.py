@@ -312,7 +312,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         if job is not None:
             trainee = distributed.wrap(model, device)
         fit(trainee, optimizer, dataset, batch_collate, settings, start_epoch=start_epoch, device=device,
-            workers=workers, hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=log_record, say=tell, progress=progress), job=job)
+            workers=workers, job=job,
+            hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=log_record, say=tell, progress=progress))
     finally:
         if metrics is not None:
             metrics.close()
