@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,11 +195,19 @@ def test_global_batch_must_split_evenly_over_the_processes():
 
 
 def test_pyslowfast_frozen_bn_and_norm_type_keys(tmp_path):
-    path = tmp_path / "SLOWFAST.yaml"
-    path.write_text("TRAIN:\n  BATCH_SIZE: 16\nMODEL:\n  ARCH: slowfast\n  FROZEN_BN: True\nBN:\n"
-                    "  NORM_TYPE: sync_batchnorm\n  NUM_SYNC_DEVICES: 4\n", encoding="utf-8")
+    import yaml
+
+    from ava_pipeline.config import load_config
+
+    original = Path(__file__).parent / "data/pyslowfast_configs/configs/AVA/SLOWFAST_32x2_R50_SHORT.yaml"
+    raw = yaml.safe_load(original.read_text(encoding="utf-8"))
+    raw.setdefault("MODEL", {})["FROZEN_BN"] = True
+    raw.setdefault("BN", {}).update(NORM_TYPE="sync_batchnorm", NUM_SYNC_DEVICES=4)
+    path = tmp_path / "SLOWFAST_32x2_R50_SHORT.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     settings = load_train_settings(path)
     assert settings.frozen_bn is True and settings.norm_type == "sync_batchnorm" and settings.num_sync_devices == 4
+    assert load_config(path).model.depth == 50  # the model side reads the same file
     path.write_text("MODEL:\n  ARCH: slowfast\nBN:\n  NORM_TYPE: groupnorm\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="norm_type='groupnorm' is not supported"):
         load_train_settings(path)

@@ -31,6 +31,7 @@ from ava_pipeline.training.samples import seconds_text
 from ava_pipeline.writers import atomic_output
 
 CACHE_VERSION = 1
+EXTRACTION_BATCH = 4  # clips per forward while extracting: the memory of inference, not of the training batch
 
 
 def freeze_backbone(model: nn.Module) -> None:
@@ -129,11 +130,11 @@ def cache_key(model: nn.Module, dataset) -> str:
     return digest.hexdigest()
 
 
-def cached_features(model: nn.Module, dataset, path: Path, *, batch_size: int, device: torch.device,
-                    say: Callable[[str], None] = lambda line: None) -> FeatureSet:
+def cached_features(model: nn.Module, dataset, path: Path, *, device: torch.device,
+                    batch_size: int = EXTRACTION_BATCH, say: Callable[[str], None] = lambda line: None) -> FeatureSet:
     """The pooled features of every keyframe of ``dataset`` (an :class:`~.dataset.AvaClipDataset` without
     augmentation, prepared), from the cache file ``path`` when its key matches, else computed with the fast
-    inference path and written there atomically."""
+    inference path, ``batch_size`` clips per forward, and written there atomically."""
     from ava_pipeline.training.validation import predict
 
     key = cache_key(model, dataset)

@@ -261,17 +261,17 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     batch_collate, trainee, val_features = collate, model, None
     if head_only:
         say("head-only: frozen backbone; the head trains on pooled RoI features of the test-time transform")
-        dataset = head_only_mode.cached_features(model, dataset, out / "head_features" / "train.pt",
-                                                 batch_size=settings.batch_size, device=device, say=say)
+        dataset = head_only_mode.cached_features(model, dataset, out / "head_features" / "train.pt", device=device,
+                                                 say=say)
         if val_dataset is not None:
             val_features = head_only_mode.cached_features(model, val_dataset, out / "head_features" / "val.pt",
-                                                          batch_size=settings.batch_size, device=device, say=say)
+                                                          device=device, say=say)
         batch_collate, trainee, workers = head_only_mode.feature_collate, head_only_mode.HeadOnlyModel(model.head), 0
     metrics = MetricsLog(out / "metrics.jsonl", keep_epochs_before=start_epoch + 1) if main else None
     log_record = metrics.write if metrics is not None else (lambda record_type, **values: None)
     log_record("start", epoch=start_epoch, samples=samples.summary(), skipped=samples.skipped,
-                  frames=prepared.as_dict(), init=init_report.as_dict() if init_report else None,
-                  model=describe_parameters(model), device=str(device), threads=torch.get_num_threads(),
+               frames=prepared.as_dict(), init=init_report.as_dict() if init_report else None,
+               model=describe_parameters(model), device=str(device), threads=torch.get_num_threads(),
                processes=job.world_size if job is not None else 1)
     iterations = len(dataset) // settings.batch_size
     remaining = (settings.solver.max_epoch - start_epoch) * iterations
