@@ -229,3 +229,18 @@ def test_frozen_bn_keeps_running_statistics_and_trains_affine_weights(tmp_path):
     assert torch.equal(runs[True][f"{bn}.running_mean"], torch.zeros_like(runs[True][f"{bn}.running_mean"]))
     assert torch.equal(runs[True][f"{bn}.running_var"], torch.ones_like(runs[True][f"{bn}.running_var"]))
     assert not torch.equal(runs[True][f"{bn}.weight"], torch.ones_like(runs[True][f"{bn}.weight"]))  # trained
+
+
+class _TwoMachines(Distributed):
+    """A job whose other process found another checkpoint (what a run folder on one machine's local disk gives)."""
+
+    def all_gather_int(self, value, device):
+        return [value, value + 1]
+
+
+def test_processes_that_found_different_checkpoints_refuse_to_start(tmp_path):
+    from ava_pipeline.training.distributed import check_same_start
+
+    job = _TwoMachines(rank=0, world_size=2, local_rank=0, local_world_size=1)
+    with pytest.raises(ConfigError, match=r"different checkpoints .* by rank: \[3, 4\].* every machine"):
+        check_same_start(job, 3, torch.device("cpu"), tmp_path / "checkpoints")

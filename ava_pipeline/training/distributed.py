@@ -127,6 +127,15 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def check_same_start(job: Distributed, start_epoch: int, device: torch.device, checkpoints) -> None:
+    """Raise ``ConfigError`` (in every process) unless every process resumes at the same epoch: the run folder
+    must be one that every machine sees."""
+    starts = job.all_gather_int(start_epoch, device)
+    if len(set(starts)) > 1:
+        raise ConfigError(f"the processes of this job found different checkpoints in {checkpoints} (epochs to start "
+                          f"at, by rank: {starts}); put --out on a filesystem that every machine of the job sees")
+
+
 def per_process_batch(batch_size: int, job: Optional[Distributed]) -> int:
     """Clips per process and iteration for the global ``batch_size``; raises ``ConfigError`` when the number of
     processes does not divide it (PySlowFast asserts the same)."""

@@ -220,6 +220,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         start_epoch = resume(previous, model, optimizer, device).next_epoch
         summary.append(f"resuming from {previous} at epoch {start_epoch + 1}")
     if job is not None:
+        distributed.check_same_start(job, start_epoch, device, checkpoints)
         summary.append(f"data-parallel: {job.world_size} processes, {settings.batch_size // job.world_size} of the "
                        f"{settings.batch_size} clips of each batch per process")
         job.barrier()  # every process has checked the folder before rank 0 writes into it
