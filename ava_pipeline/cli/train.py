@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
                         help="DataLoader worker processes and parallel videos when preparing frames (default 0)")
+    parser.add_argument("--head-only", action="store_true",
+                        help="for CPUs: freeze the backbone, cache the pooled RoI features of every box once (fast "
+                        "inference path, test-time transform) and train only the head on them; the checkpoints "
+                        "are full models")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
           val_exclusions=args.val_exclusions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
           seed=args.seed, augment=False if args.no_augment else None,
           shuffle=False if args.no_shuffle else None, device=args.device,
-          workers=args.workers, quiet=args.quiet)
+          workers=args.workers, quiet=args.quiet, head_only=args.head_only)
     return 0
 
 

@@ -10,7 +10,8 @@ Modules, in the order of the data flow: ``samples`` (annotation rows -> keyframe
 ``dataset`` (clips + collate), ``settings`` (TRAIN/SOLVER/BN/DATA/AVA keys), ``init`` (random init, ``--weights``),
 ``optim`` (parameter groups, SGD, learning-rate policy), ``loop`` (the epochs), ``checkpoint`` (PySlowFast layout,
 exact resume), ``validation`` (frame-mAP during training), ``metrics`` (metrics.jsonl, curves.png), ``run`` (the
-whole run, what ``ava-train`` calls).
+whole run, what ``ava-train`` calls); ``distributed`` (data-parallel training under torchrun) and ``head_only``
+(``--head-only``: cached RoI features, only the head trains).
 """
 from ava_pipeline.training.run import TrainResult, train
 from ava_pipeline.training.settings import (AugmentationSettings, SolverSettings, TrainSettings, load_train_settings,

@@ -7,7 +7,7 @@
      "model_state": model.state_dict(),   # PySlowFast's key names (no "module." prefix)
      "optimizer_state": optimizer.state_dict(),
      "cfg": "<the run's config.yaml as a YAML string>",
-     "rng_state": {"torch": ByteTensor, "cuda": [ByteTensor, ...]}}   # ours: what exact resume needs
+     "rng_state": {"torch": ByteTensor, "cuda": ByteTensor}}   # ours: what exact resume needs
 
 Every value is a tensor or plain data, so ``torch.load(path, weights_only=True)`` reads it, and so does
 PySlowFast's ``load_checkpoint`` (it ignores ``rng_state``). The file is serialised in memory, written under a
@@ -44,17 +44,18 @@ def checkpoint_name(epoch_number: int) -> str:
 
 def rng_state(device: torch.device) -> dict:
     """The random-number state that the rest of a run draws from (dropout): torch's CPU generator, and the
-    CUDA generators when training on a GPU."""
+    generator of the training GPU (only that one: the processes of a torchrun job, one per GPU, draw the same
+    numbers, so rank 0's GPU generator is every process's, and no process touches another's GPU)."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(folder: str | Path, epoch_number: int, model: nn.Module, optimizer: torch.optim.Optimizer,

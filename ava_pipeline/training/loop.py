@@ -3,10 +3,11 @@
 Per iteration (PySlowFast's order): learning rate for ``epoch + iteration / iterations_per_epoch`` set on every
 parameter group; forward in train mode (batch-statistics BatchNorm, dropout) giving per-box probabilities;
 ``BCELoss(reduction="mean")`` over all K x C entries of the batch; a NaN/inf loss stops the run
-(``TrainingDivergedError``); zero_grad, backward, SGD step. Epochs hold ``floor(samples / batch_size)``
-iterations (``drop_last``). After every ``eval_period``-th epoch and the last one the model is evaluated on the
-validation set; after every ``checkpoint_period``-th epoch and the last one a checkpoint is written (after the
-evaluation, so a run that resumes from a checkpoint also has its evaluation).
+(``TrainingDivergedError``); zero_grad, backward, SGD step. With ``MODEL.FROZEN_BN`` every BatchNorm is put
+in eval mode at the start of each epoch (PySlowFast's ``frozen_bn_stats``). Epochs hold
+``floor(samples / batch_size)`` iterations (``drop_last``). After every ``eval_period``-th epoch and the last
+one the model is evaluated on the validation set; after every ``checkpoint_period``-th epoch and the last one a
+checkpoint is written (after the evaluation, so a run that resumes from a checkpoint also has its evaluation).
 
 Determinism: the data order of epoch ``e`` is a permutation drawn from ``(seed, e)`` (or the sample order without
 shuffling), the dataset's augmentation draws come from ``(seed, e, index)``, and the loader never touches torch's
@@ -102,21 +103,39 @@ class LoopHooks:
     progress: Optional[object] = None
 
 
+def freeze_batchnorm(model: nn.Module) -> None:
+    """PySlowFast's ``MODEL.FROZEN_BN``: every BatchNorm in eval mode (running statistics used and left
+    unchanged); their affine weights still train."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, settings: TrainSettings, *,
-        start_epoch: int, device: torch.device, workers: int, hooks: LoopHooks) -> None:
-    """Train epochs ``start_epoch .. max_epoch - 1`` (0-based) on ``dataset`` (module docstring)."""
+        start_epoch: int, device: torch.device, workers: int, hooks: LoopHooks, job=None) -> None:
+    """Train epochs ``start_epoch .. max_epoch - 1`` (0-based) on ``dataset`` (module docstring). ``job``: this
+    process's :class:`~ava_pipeline.training.distributed.Distributed` place when ``model`` is the DDP module of a
+    torchrun job (each process then trains its share of every global batch and logs the mean loss)."""
     solver = settings.solver
-    sampler = EpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle)
+    if job is None:
+        sampler, per_process = EpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle), None
+    else:
+        from ava_pipeline.training.distributed import ShardedEpochSampler
+        sampler = ShardedEpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle,
+                                      batch_size=settings.batch_size, job=job)
+        per_process = sampler.per_process
     iterations = len(dataset) // settings.batch_size
     step = start_epoch * iterations
     for epoch in range(start_epoch, solver.max_epoch):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=settings.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-            collate_fn=collate, pin_memory=device.type == "cuda",
+            dataset, batch_size=per_process or settings.batch_size, sampler=sampler, drop_last=True,
+            num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch) + 1))
         model.train()
+        if settings.frozen_bn:
+            freeze_batchnorm(model)
         losses = []
         started = waited_from = time.perf_counter()
         for iteration, batch in enumerate(loader):
@@ -125,13 +144,16 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
             inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
             lr = learning_rate(solver, epoch + float(iteration) / iterations)
             loss = train_step(model, optimizer, inputs, batch.boxes.to(device), batch.labels.to(device), lr)
+            boxes = int(batch.boxes.shape[0])
+            if job is not None:  # the logged figures are the job's: mean loss, boxes of the global batch
+                loss, boxes = job.mean(loss, device), sum(job.all_gather_int(boxes, device))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             compute_s = time.perf_counter() - computed_from
             step += 1
             losses.append(loss)
             hooks.log("iteration", epoch=epoch + 1, iteration=iteration + 1, step=step, lr=lr, loss=loss,
-                      boxes=int(batch.boxes.shape[0]), data_s=round(data_s, 6), compute_s=round(compute_s, 6))
+                      boxes=boxes, data_s=round(data_s, 6), compute_s=round(compute_s, 6))
             if hooks.progress is not None:
                 hooks.progress.set_postfix_str(f"epoch {epoch + 1}/{solver.max_epoch} loss {loss:.4f} lr {lr:.3g}",
                                                refresh=False)

@@ -29,8 +29,9 @@ import yaml
 from ava_pipeline.config import ActionModelConfig, load_config, plain_values
 from ava_pipeline.errors import ConfigError
 from ava_pipeline.labels import read_label_map, write_label_map
-from ava_pipeline.training.checkpoint import latest_checkpoint, resume, save_checkpoint
+from ava_pipeline.training.checkpoint import checkpoint_name, latest_checkpoint, resume, save_checkpoint
 from ava_pipeline.training.dataset import AvaClipDataset, collate
+from ava_pipeline.training import distributed, head_only as head_only_mode
 from ava_pipeline.training.init import build_training_model, describe_parameters, load_initial_weights
 from ava_pipeline.training.loop import LoopHooks, fit
 from ava_pipeline.training.metrics import MetricsLog, plot_curves
@@ -132,13 +133,6 @@ def _resolve_weights(weights: Optional[str | Path]) -> Optional[Path]:
     return Path(weights)
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def train(config: str | Path, *, videos: str | Path, annotations: str | Path | Sequence[str | Path],
           out: str | Path, weights: Optional[str | Path] = None, labelmap: Optional[str | Path] = None,
           proposals: Sequence[str | Path] = (), exclusions: Optional[str | Path] = None,
@@ -146,19 +140,28 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
           val_exclusions: Optional[str | Path] = None, epochs: Optional[int] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
           augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0,
-          quiet: bool = False,
+          quiet: bool = False, head_only: bool = False,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) an AVA action model from movie files; see ``ava-train --help`` for every argument and
     the module docstring for what ``out`` receives. Flags override the config: ``epochs`` = SOLVER.MAX_EPOCH,
     ``batch_size`` = TRAIN.BATCH_SIZE, ``lr`` = SOLVER.BASE_LR, ``seed`` = RNG_SEED, ``augment`` / ``shuffle``
     (None: the config's ``train.augment`` / ``train.shuffle``, default True). ``say`` receives the
-    run's summary lines (default: stderr)."""
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    run's summary lines (default: stderr). Launched by torchrun, every process calls it and trains its share
+    (``ava_pipeline.training.distributed``); only rank 0 writes ``out`` and says anything. ``head_only``: the
+    backbone stays frozen and only the head trains, on pooled RoI features computed once and cached in
+    ``out/head_features`` (``ava_pipeline.training.head_only``)."""
+    job = distributed.from_environment()
+    main = job is None or job.is_main
+    say = (say or (lambda line: print(line, file=sys.stderr, flush=True))) if main else (lambda line: None)
     out = Path(out)
-    device = _device(device)
+    device = distributed.process_device(device, job)
     model_cfg = load_config(config)
     settings = with_overrides(load_train_settings(config), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                               augment=augment, shuffle=shuffle)
+    distributed.per_process_batch(settings.batch_size, job)
+    if head_only and job is not None:
+        raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
+                          "ava-train without torchrun")
     classes = _class_map(model_cfg, labelmap, str(config))
     class_ids = list(classes)
     weights_path = _resolve_weights(weights if weights is not None else settings.init_weights)
@@ -170,6 +173,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         "proposals": [_file_identity(p) for p in proposals], "exclusions": _file_identity(exclusions),
         "val_annotations": _file_identity(val_annotations), "val_proposals": [_file_identity(p) for p in val_proposals],
         "val_exclusions": _file_identity(val_exclusions), "videos": str(Path(videos).resolve()),
+        **({"head_only": True} if head_only else {}),
         "weights": _file_identity(weights_path) if weights_path is not None and weights_path.is_file() else
         (str(weights_path) if weights_path else None),
     }
@@ -205,6 +209,13 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     summary += init_report.lines() if init_report else [f"initialised at random (PySlowFast's initialisation, seed "
                                                         f"{settings.seed})"]
     model.to(device)
+    if job is not None:
+        distributed.start(job, device)
+        model = distributed.prepare_model(model, job, device, norm_type=settings.norm_type,
+                                          num_sync_devices=settings.num_sync_devices,
+                                          global_sync=settings.global_sync, frozen_bn=settings.frozen_bn)
+    if head_only:
+        head_only_mode.freeze_backbone(model)  # the optimizer holds the head alone
     optimizer = build_optimizer(model, settings.solver)
     checkpoints = out / "checkpoints"
     start_epoch, previous = 0, latest_checkpoint(checkpoints)
@@ -214,14 +225,20 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                               "folder or enable AUTO_RESUME to continue")
         start_epoch = resume(previous, model, optimizer, device).next_epoch
         summary.append(f"resuming from {previous} at epoch {start_epoch + 1}")
+    if job is not None:
+        distributed.check_same_start(job, start_epoch, device, checkpoints)
+        summary.append(f"data-parallel: {job.world_size} processes, {settings.batch_size // job.world_size} of the "
+                       f"{settings.batch_size} clips of each batch per process")
+        job.barrier()  # every process has checked the folder before rank 0 writes into it
     for line in summary:
         say(line)
-    out.mkdir(parents=True, exist_ok=True)
-    write_label_map(classes, out / "labelmap.pbtxt")
-    with atomic_output(out / "config.yaml") as temporary:
-        temporary.write_text(config_text, encoding="utf-8")
-    with atomic_output(out / "run.json") as temporary:
-        temporary.write_text(json.dumps({"fingerprint": fingerprint}, indent=1) + "\n", encoding="utf-8")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_label_map(classes, out / "labelmap.pbtxt")
+        with atomic_output(out / "config.yaml") as temporary:
+            temporary.write_text(config_text, encoding="utf-8")
+        with atomic_output(out / "run.json") as temporary:
+            temporary.write_text(json.dumps({"fingerprint": fingerprint}, indent=1) + "\n", encoding="utf-8")
 
     data = model_cfg.data
     augmentation = settings.augmentation
@@ -233,8 +250,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                              train_crop_size=augmentation.train_crop_size, random_flip=augmentation.random_flip,
                              colour_jitter=augmentation.colour_jitter, pca_jitter_only=augmentation.pca_jitter_only,
                              pca_eigval=augmentation.pca_eigval, pca_eigvec=augmentation.pca_eigvec,
-                             augment=settings.augment, seed=settings.seed, **common)
-    prepared = dataset.prepare(workers=workers)
+                             augment=settings.augment and not head_only, seed=settings.seed, **common)
+    prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
     say(prepared.summary())
     if len(dataset) < settings.batch_size:
         cause = next(iter(prepared.failed_videos.values()), None) or (
@@ -246,16 +263,27 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     val_dataset = None
     if validation is not None:
         val_dataset = AvaClipDataset(validation.samples, video_paths, augment=False, seed=settings.seed, **common)
-        say(f"validation {val_dataset.prepare(workers=workers).summary()}")
+        say(f"validation {distributed.prepare_in_turn(val_dataset, job, workers=workers).summary()}")
 
-    metrics = MetricsLog(out / "metrics.jsonl", keep_epochs_before=start_epoch + 1)
-    metrics.write("start", epoch=start_epoch, samples=samples.summary(), skipped=samples.skipped,
-                  frames=prepared.as_dict(), init=init_report.as_dict() if init_report else None,
-                  model=describe_parameters(model), device=str(device), threads=torch.get_num_threads())
+    batch_collate, trainee, val_features = collate, model, None
+    if head_only:
+        say("head-only: frozen backbone; the head trains on pooled RoI features of the test-time transform")
+        dataset = head_only_mode.cached_features(model, dataset, out / "head_features" / "train.pt", device=device,
+                                                 say=say)
+        if val_dataset is not None:
+            val_features = head_only_mode.cached_features(model, val_dataset, out / "head_features" / "val.pt",
+                                                          device=device, say=say)
+        batch_collate, trainee, workers = head_only_mode.feature_collate, head_only_mode.HeadOnlyModel(model.head), 0
+    metrics = MetricsLog(out / "metrics.jsonl", keep_epochs_before=start_epoch + 1) if main else None
+    log_record = metrics.write if metrics is not None else (lambda record_type, **values: None)
+    log_record("start", epoch=start_epoch, samples=samples.summary(), skipped=samples.skipped,
+               frames=prepared.as_dict(), init=init_report.as_dict() if init_report else None,
+               model=describe_parameters(model), device=str(device), threads=torch.get_num_threads(),
+               processes=job.world_size if job is not None else 1)
     iterations = len(dataset) // settings.batch_size
     remaining = (settings.solver.max_epoch - start_epoch) * iterations
     progress = None
-    if not quiet and remaining:
+    if not quiet and remaining and main:
         from tqdm import tqdm
         progress = tqdm(total=remaining, unit="it", desc="ava-train", dynamic_ncols=True)
     last = {"checkpoint": previous, "eval": None}
@@ -263,13 +291,24 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     def evaluate_epoch(epoch_number: int) -> Optional[dict]:
         if val_dataset is None:
             return None
+        predictions = None
+        if val_features is not None:
+            predictions = head_only_mode.head_predictions(trainee, val_features, device)
+        elif job is not None:  # each process scores a share, rank 0 evaluates them all
+            predictions = distributed.sharded_predictions(model, val_dataset, job, batch_size=settings.batch_size,
+                                                          device=device)
+            if not main:
+                return None
         record = validate(model, val_dataset, validation, class_ids=class_ids, labelmap=out / "labelmap.pbtxt",
                           out_csv=out / "eval" / f"epoch_{epoch_number:05d}.csv", batch_size=settings.batch_size,
-                          device=device)
+                          device=device, predictions=predictions)
         last["eval"] = record
         return record
 
     def save(epoch_number: int) -> None:
+        if not main:
+            last["checkpoint"] = checkpoints / checkpoint_name(epoch_number)
+            return
         last["checkpoint"] = save_checkpoint(checkpoints, epoch_number, model, optimizer, config_text, device)
         plot_curves(out / "metrics.jsonl", out / "curves.png")
 
@@ -277,13 +316,18 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         (progress.write if progress is not None else say)(line)
 
     try:
-        fit(model, optimizer, dataset, collate, settings, start_epoch=start_epoch, device=device, workers=workers,
-            hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=metrics.write, say=tell, progress=progress))
+        if job is not None:
+            trainee = distributed.wrap(model, device)
+        fit(trainee, optimizer, dataset, batch_collate, settings, start_epoch=start_epoch, device=device,
+            workers=workers, job=job,
+            hooks=LoopHooks(evaluate=evaluate_epoch, save=save, log=log_record, say=tell, progress=progress))
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         if progress is not None:
             progress.close()
     if last["checkpoint"] is None:
         raise ConfigError(f"{out}: no checkpoint was written")
+    distributed.stop()
     say(f"done: {last['checkpoint']}")
     return TrainResult(out, out / "config.yaml", last["checkpoint"], out / "metrics.jsonl", last["eval"])

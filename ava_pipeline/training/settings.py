@@ -14,7 +14,7 @@ or PySlowFast's AVA YAML unchanged, whose values are decoded as its yacs decodes
 is a float). Keys default to PySlowFast's defaults (``slowfast/config/defaults.py``), not to the AVA config's.
 ``NUM_GPUS`` / ``NUM_SHARDS`` describe the machines the file was written for and are ignored: the device comes
 from ``--device``. Options whose PySlowFast meaning is not implemented here (another optimizer or loss, gradient
-clipping, mixed precision, precise BN, frozen BN, layer decay) are errors when set to anything but the value
+clipping, mixed precision, precise BN, layer decay) are errors when set to anything but the value
 that means "off", so a file never trains differently from what it says.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ava_pipeline.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LR_POLICIES = ("cosine", "steps_with_relative_lrs")
+NORM_TYPES = ("batchnorm", "sync_batchnorm")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class TrainSettings:
     fc_init_std: float = 0.01  # std of the head's random initialisation (MODEL.FC_INIT_STD)
     zero_init_final_bn: bool = False  # last BatchNorm of every bottleneck starts at weight 0
     init_weights: Optional[str] = None  # TRAIN.CHECKPOINT_FILE_PATH: initialisation when --weights is not given
+    frozen_bn: bool = False  # MODEL.FROZEN_BN: BatchNorm in eval mode while training (fixed statistics)
+    norm_type: str = "batchnorm"  # BN.NORM_TYPE: "batchnorm" (per process) | "sync_batchnorm" (GPUs, torchrun)
+    num_sync_devices: int = 1  # BN.NUM_SYNC_DEVICES: processes per SyncBatchNorm group
+    global_sync: bool = False  # BN.GLOBAL_SYNC: one SyncBatchNorm group of all processes
     solver: SolverSettings = field(default_factory=SolverSettings)
     augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
 
@@ -92,7 +97,8 @@ _PYSLOWFAST_KEYS = {
     "TRAIN.BATCH_SIZE": "batch_size", "TRAIN.EVAL_PERIOD": "eval_period",
     "TRAIN.CHECKPOINT_PERIOD": "checkpoint_period", "TRAIN.AUTO_RESUME": "auto_resume",
     "TRAIN.CHECKPOINT_FILE_PATH": "init_weights", "RNG_SEED": "seed", "MODEL.FC_INIT_STD": "fc_init_std",
-    "RESNET.ZERO_INIT_FINAL_BN": "zero_init_final_bn",
+    "RESNET.ZERO_INIT_FINAL_BN": "zero_init_final_bn", "MODEL.FROZEN_BN": "frozen_bn",
+    "BN.NORM_TYPE": "norm_type", "BN.NUM_SYNC_DEVICES": "num_sync_devices", "BN.GLOBAL_SYNC": "global_sync",
     **{f"SOLVER.{f.name.upper()}": f"solver.{f.name}" for f in dataclasses.fields(SolverSettings)
        if f.name != "bn_weight_decay"},
     "BN.WEIGHT_DECAY": "solver.bn_weight_decay",
@@ -108,7 +114,7 @@ _PYSLOWFAST_ONLY = {
     "SOLVER.OPTIMIZING_METHOD": ("sgd",), "MODEL.LOSS_FUNC": ("bce",), "SOLVER.LAYER_DECAY": (1.0,),
     "SOLVER.CLIP_GRAD_VAL": (None,), "SOLVER.CLIP_GRAD_L2NORM": (None,), "SOLVER.LARS_ON": (False,),
     "SOLVER.BASE_LR_SCALE_NUM_SHARDS": (False,), "TRAIN.MIXED_PRECISION": (False,),
-    "BN.USE_PRECISE_STATS": (False,), "MODEL.FROZEN_BN": (False,), "RESNET.ZERO_INIT_FINAL_CONV": (False,),
+    "BN.USE_PRECISE_STATS": (False,), "RESNET.ZERO_INIT_FINAL_CONV": (False,),
     "TRAIN.CHECKPOINT_INFLATE": (False,), "AVA.IMG_PROC_BACKEND": ("cv2",),
 }
 
@@ -144,6 +150,10 @@ def _check(settings: TrainSettings, source: str) -> TrainSettings:
     for name in ("batch_size", "eval_period", "checkpoint_period"):
         if getattr(settings, name) < 1:
             problems.append(f"train.{name}={getattr(settings, name)} must be at least 1")
+    if settings.norm_type not in NORM_TYPES:
+        problems.append(f"train.norm_type={settings.norm_type!r} is not supported; use one of {list(NORM_TYPES)}")
+    if settings.num_sync_devices < 1:
+        problems.append(f"train.num_sync_devices={settings.num_sync_devices} must be at least 1")
     if settings.seed < 0:
         problems.append(f"train.seed={settings.seed} must be >= 0")
     if solver.max_epoch < 1:

@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -100,13 +100,16 @@ def predict(model: nn.Module, dataset, *, batch_size: int, device: torch.device,
 
 
 def validate(model: nn.Module, dataset, validation: ValidationSet, *, class_ids: Sequence[int], labelmap: Path,
-             out_csv: Path, batch_size: int, device: torch.device) -> dict:
+             out_csv: Path, batch_size: int, device: torch.device, predictions: Optional[Iterable] = None) -> dict:
     """Score ``dataset`` (built from ``validation.samples``) and evaluate; returns the metrics record
-    ``{"mAP", "per_class": {id: AP}, "detections": path, "keyframes"}``."""
+    ``{"mAP", "per_class": {id: AP}, "detections": path, "keyframes"}``. ``predictions``: the ``(item, probs)``
+    pairs of :func:`predict` computed elsewhere (a sharded validation), in dataset order."""
     with atomic_output(out_csv) as temporary, open(temporary, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         keyframes = 0
-        for item, probs in predict(model, dataset, batch_size=batch_size, device=device):
+        if predictions is None:
+            predictions = predict(model, dataset, batch_size=batch_size, device=device)
+        for item, probs in predictions:
             keyframes += 1
             texts = validation.box_texts[(item["video_id"], item["time"])]
             timestamp = format_seconds(item["time"])

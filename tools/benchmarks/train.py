@@ -2,6 +2,8 @@
 SLOWFAST_32x2_R50_SHORT config) at batch 2-3 on 224 x 298 clips of a synthetic 4:3 movie, against a bare
 PySlowFast-style step (forward, BCE, backward, SGD step on random tensors of the same shapes) measured in the
 same run; then the data path alone (frame store + PySlowFast's AVA train transform + collate) in clips/s.
+``--head-only``: the head-only phase of ``ava-train --head-only`` (benchmarks/train_head.py); ``--loader``: the
+data path on 720p H.264 in random order (benchmarks/train_loader.py).
 
 Each measurement runs in a fresh process, so its peak RSS is its own. The issue quotes PySlowFast on this machine
 at 25-100 s per 2 iterations and 7.5 GB peak RSS for R50 at batch 3 on 224 x 298.
@@ -72,6 +74,14 @@ def add_arguments(parser):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--iterations", type=int, default=2, help="training iterations per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--head-only", action="store_true", help="only the head-only phase of --head-only: 100 "
+                        "epochs over 3,600 cached R50 box features (benchmarks/train_head.py)")
+    parser.add_argument("--head-batch-sizes", type=int, nargs="+", default=[16, 64],
+                        help="keyframes per iteration for --head-only")
+    parser.add_argument("--loader", action="store_true", help="only the training data path on a 720p H.264 movie "
+                        "in random order: first and later epochs, 1 and 2 workers, disk (benchmarks/train_loader.py)")
+    parser.add_argument("--loader-seconds", type=int, default=20, help="length of the --loader movie")
+    parser.add_argument("--loader-workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to measure")
 
 
 def _python(code, *args, env):
@@ -115,6 +125,12 @@ def _write_movie(folder: Path, seconds: int) -> Path:
 
 
 def run(args):
+    if args.head_only:
+        from benchmarks.train_head import run_head_only
+        return run_head_only(args)
+    if args.loader:
+        from benchmarks.train_loader import run_loader
+        return run_loader(args)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))

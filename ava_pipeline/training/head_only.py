@@ -1,0 +1,178 @@
+"""Head-only fine-tuning (``ava-train --head-only``): a frozen backbone, cached RoI features, only the head trains.
+
+For a CPU: the backbone and the RoI pooling run once per training (and validation) keyframe, through the fast
+inference path (:func:`~ava_pipeline.models.inference.optimize_for_inference`), with the test-time transform
+(short side to ``DATA.TEST_CROP_SIZE``, no crop, no flip). What the head's projection receives is kept: per box
+the pooled feature vector (D = 2304 for SlowFast R50/R101: the temporal mean, RoIAlign and spatial max of every
+pathway, concatenated). The vectors are cached in ``RUN/head_features/{train,val}.pt`` under a key of the
+backbone's weights, the samples and boxes, the data settings and the video files, so a resumed or repeated
+run reuses them. Then only the head trains, epoch after epoch, through the ordinary loop (same sampler, LR
+policy, SGD, BCE on probabilities, metrics, evaluation and checkpoints):
+
+    features (K, D) -> dropout -> projection (Linear D -> C) -> sigmoid -> (K, C) probabilities
+
+The checkpoints hold the whole model (the frozen backbone and the trained head) in PySlowFast's layout, so
+``ava-detect`` loads them like any other; the optimizer state covers the head's two tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ava_pipeline.models.inference import optimize_for_inference
+from ava_pipeline.training.dataset import TrainingBatch
+from ava_pipeline.training.samples import seconds_text
+from ava_pipeline.writers import atomic_output
+
+CACHE_VERSION = 1
+EXTRACTION_BATCH = 4  # clips per forward while extracting: the memory of inference, not of the training batch
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Stop gradients to every parameter outside ``model.head`` (call before building the optimizer, so that it
+    holds the head's parameters alone)."""
+    for name, parameter in model.named_parameters():
+        if not name.startswith("head."):
+            parameter.requires_grad_(False)
+
+
+class HeadOnlyModel(nn.Module):
+    """The trainable end of the RoI head, on cached features: ``forward([features (K, D)], boxes) -> (K, C)``
+    probabilities (``boxes`` unused: the features are already pooled per box). Shares its modules with the full
+    model's head, so training it trains the full model."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, inputs: Sequence[torch.Tensor], boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.head.act(self.head.projection(self.head.dropout(inputs[0])))
+
+
+class FeatureSet(torch.utils.data.Dataset):
+    """Cached pooled features of a dataset's keyframes, one item per keyframe, in the dataset's order.
+
+    ``features`` float32 (sum K, D), ``labels`` float32 (sum K, C), ``counts`` int64 (N,) boxes per keyframe,
+    ``keys`` ``[(video_id, time), ...]``. Items have the :class:`~.dataset.AvaClipDataset` fields the loop and the
+    evaluation use: ``"inputs"`` ``[features (K, D)]``, ``"labels"`` (K, C), ``"video_id"``, ``"time"``,
+    ``"index"``.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, keys: list):
+        self.features, self.labels, self.counts, self.keys = features, labels, counts, keys
+        self.offsets = [0] + torch.cumsum(counts, 0).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to draw: the features are those of the test-time transform."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index) -> dict:
+        if isinstance(index, tuple):
+            index = index[1]
+        first, last = self.offsets[index], self.offsets[index + 1]
+        video_id, time_value = self.keys[index]
+        return {"inputs": [self.features[first:last]], "labels": self.labels[first:last], "video_id": video_id,
+                "time": time_value, "index": index}
+
+    @property
+    def boxes(self) -> int:
+        return int(self.counts.sum())
+
+
+def feature_collate(items: Sequence[dict]) -> TrainingBatch:
+    """Concatenate the boxes of ``items`` into a :class:`~.dataset.TrainingBatch` whose ``inputs`` are
+    ``[features (K, D)]`` and ``boxes`` (K, 5) carry the clip index (coordinates zero: the pooling is done)."""
+    features = torch.cat([item["inputs"][0] for item in items])
+    boxes = torch.cat([torch.cat([torch.full((len(item["labels"]), 1), float(i)),
+                                  torch.zeros(len(item["labels"]), 4)], 1) for i, item in enumerate(items)])
+    return TrainingBatch(inputs=[features], boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
+                         ori_boxes=torch.zeros(len(boxes), 4, dtype=torch.float64),
+                         keys=[(item["video_id"], item["time"]) for item in items],
+                         indices=[item["index"] for item in items])
+
+
+def feature_extractor(model: nn.Module, device: torch.device) -> nn.Module:
+    """The fast inference copy of ``model`` returning, per box, the input of the head's projection:
+    ``([slow, fast], boxes (K, 5) input pixels) -> (K, D)`` float32."""
+    fast = optimize_for_inference(model, device=device)
+    fast.model.head.projection = nn.Identity()
+    fast.model.head.act = nn.Identity()
+    return fast
+
+
+def cache_key(model: nn.Module, dataset) -> str:
+    """What the features depend on: the backbone's tensors, the keyframes and their boxes, the clip and
+    normalisation settings and the video files (path, size, modification time)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("head.projection."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings = {"version": CACHE_VERSION, "clip": {k: str(v) for k, v in dataset.clip_settings.items()},
+                "alpha": dataset.alpha, "normalisation": dataset.normalisation, "size": dataset.test_crop_size,
+                "videos": {}}
+    for sample in dataset.samples:
+        digest.update(f"{sample.video_id}|{seconds_text(sample.time)}|".encode())
+        digest.update(sample.boxes.tobytes())
+        if sample.video_id not in settings["videos"]:
+            stat = Path(dataset.videos[sample.video_id]).stat()
+            settings["videos"][sample.video_id] = [str(Path(dataset.videos[sample.video_id]).resolve()),
+                                                   stat.st_size, stat.st_mtime_ns]
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def cached_features(model: nn.Module, dataset, path: Path, *, device: torch.device,
+                    batch_size: int = EXTRACTION_BATCH, say: Callable[[str], None] = lambda line: None) -> FeatureSet:
+    """The pooled features of every keyframe of ``dataset`` (an :class:`~.dataset.AvaClipDataset` without
+    augmentation, prepared), from the cache file ``path`` when its key matches, else computed with the fast
+    inference path, ``batch_size`` clips per forward, and written there atomically."""
+    from ava_pipeline.training.validation import predict
+
+    key = cache_key(model, dataset)
+    if path.is_file():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed
+            stored = None
+        if isinstance(stored, dict) and stored.get("key") == key:
+            say(f"head-only: features of {int(stored['counts'].sum())} boxes reused from {path}")
+            return FeatureSet(stored["features"], stored["labels"], stored["counts"],
+                              [(video_id, dataset.samples[i].time) for i, (video_id, _) in enumerate(stored["keys"])])
+    extractor = feature_extractor(model, device)
+    started = time.perf_counter()
+    features, labels, counts, keys = [], [], [], []
+    for item, pooled in predict(extractor, dataset, batch_size=batch_size, device=device):
+        features.append(torch.from_numpy(pooled))
+        labels.append(item["labels"])
+        counts.append(len(pooled))
+        keys.append((item["video_id"], item["time"]))
+    seconds = time.perf_counter() - started
+    result = FeatureSet(torch.cat(features), torch.cat(labels), torch.tensor(counts, dtype=torch.int64), keys)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as temporary:
+        torch.save({"key": key, "features": result.features, "labels": result.labels, "counts": result.counts,
+                    "keys": [[video_id, seconds_text(t)] for video_id, t in keys]}, temporary)
+    say(f"head-only: features of {result.boxes} boxes in {len(keys)} keyframes extracted in {seconds:.1f} s "
+        f"({len(keys) / max(seconds, 1e-9):.2f} clips/s), cached in {path}")
+    return result
+
+
+@torch.no_grad()
+def head_predictions(head: HeadOnlyModel, features: FeatureSet, device: torch.device) -> list:
+    """``(item, probs (K, C) numpy)`` per keyframe of ``features`` in order, in eval mode (what
+    :func:`~ava_pipeline.training.validation.validate` takes as ``predictions``)."""
+    was_training = head.training
+    head.eval()
+    probs = head([features.features.to(device)]).float().cpu().numpy()
+    head.train(was_training)
+    return [({"video_id": features.keys[i][0], "time": features.keys[i][1], "index": i},
+             probs[features.offsets[i]:features.offsets[i + 1]]) for i in range(len(features))]
