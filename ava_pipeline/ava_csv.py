@@ -98,15 +98,11 @@ def box_file_rows(path: Union[str, Path]) -> Iterator[tuple[int, list[str]]]:
         yield line_number, fields
 
 
-def parse_box_row(fields: list[str], where: str, *, score_column: bool = True
-                  ) -> tuple[str, Fraction, tuple[str, str, str, str], float]:
-    """(video id, exact time, the four coordinate texts, score) of one row of :func:`box_file_rows`;
-    ``where`` is ``file:line`` for the error messages. The score (8th field) counts as 1.0 when absent, or when
-    ``score_column`` is False (ground-truth files, whose 8th field is a person id)."""
-    if len(fields) not in (6, 7, 8):
-        raise InputFormatError(f"{where}: expected 6 to 8 comma-separated fields ({BOX_CSV_FORMAT}), "
-                               f"got {len(fields)}")
-    video_id = fields[0]
+def parse_keyframe_box(fields: list[str], where: str
+                       ) -> tuple[str, Fraction, tuple[str, str, str, str], tuple[float, float, float, float]]:
+    """(video id, exact time, the four coordinate texts, their values) of the first 6 fields of an AVA row
+    (``video_id,timestamp,x1,y1,x2,y2``, normalized, x1 <= x2, y1 <= y2); InputFormatError naming ``where``."""
+    video_id = fields[0].strip()
     if not video_id:
         raise InputFormatError(f"{where}: empty video id; the first field names the video by its file stem")
     try:
@@ -118,11 +114,23 @@ def parse_box_row(fields: list[str], where: str, *, score_column: bool = True
         x1, y1, x2, y2 = (float(value) for value in texts)
     except ValueError:
         raise InputFormatError(f"{where}: box {','.join(texts)!r} has a coordinate that is not a number") from None
-    if not all(0.0 <= value <= 1.0 for value in (x1, y1, x2, y2)):
+    if not all(0.0 <= value <= 1.0 for value in (x1, y1, x2, y2)):  # also rejects NaN
         raise InputFormatError(f"{where}: box {','.join(texts)} is not normalized to [0, 1] (pixel "
                                "coordinates?); divide x by the frame width and y by its height")
     if x2 < x1 or y2 < y1:
         raise InputFormatError(f"{where}: box {','.join(texts)} has x2 < x1 or y2 < y1; the order is x1,y1,x2,y2")
+    return video_id, time, texts, (x1, y1, x2, y2)
+
+
+def parse_box_row(fields: list[str], where: str, *, score_column: bool = True
+                  ) -> tuple[str, Fraction, tuple[str, str, str, str], float]:
+    """(video id, exact time, the four coordinate texts, score) of one row of :func:`box_file_rows`;
+    ``where`` is ``file:line`` for the error messages. The score (8th field) counts as 1.0 when absent, or when
+    ``score_column`` is False (ground-truth files, whose 8th field is a person id)."""
+    if len(fields) not in (6, 7, 8):
+        raise InputFormatError(f"{where}: expected 6 to 8 comma-separated fields ({BOX_CSV_FORMAT}), "
+                               f"got {len(fields)}")
+    video_id, time, texts, _ = parse_keyframe_box(fields, where)
     score = 1.0
     if len(fields) == 8 and score_column:
         try:

@@ -11,3 +11,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and CI's 2 cores are shared by the suite's processes)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,12 +13,7 @@ from ava_pipeline.training.init import build_training_model
 from tests.training_fixtures import ANNOTATIONS, TINY_MODEL, write_config, write_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -26,12 +26,7 @@ OWN_CLASSES = {key: [(*box, LABELS[box]) for box in boxes] for key, boxes in {
 EPOCHS = 200
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

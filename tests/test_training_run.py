@@ -19,13 +19,7 @@ from ava_pipeline.training.metrics import read_records
 from tests.training_fixtures import SUBSET, TINY_MODEL, write_config, write_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_dataset_overfits_to_training_map_1(tmp_path, monkeypatch):

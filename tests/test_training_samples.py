@@ -106,8 +106,8 @@ GOOD = "vid,1,0.1,0.1,0.5,0.5,1,0"
 @pytest.mark.parametrize("row, message", [
     ("vid,1,0.1,0.1,0.5,1", r":2: expected 7 or 8 columns"),
     ("vid,1,0.1,abc,0.5,0.5,1,0", r":2: box '0.1,abc,0.5,0.5' has a coordinate that is not a number"),
-    ("vid,1,0.1,0.1,1.5,0.5,1,0", r":2: box 0.1,0.1,1.5,0.5 is not normalised to \[0, 1\]"),
-    ("vid,1,0.1,0.1,nan,0.5,1,0", r":2: box .* is not normalised"),
+    ("vid,1,0.1,0.1,1.5,0.5,1,0", r":2: box 0.1,0.1,1.5,0.5 is not normalized to \[0, 1\]"),
+    ("vid,1,0.1,0.1,nan,0.5,1,0", r":2: box .* is not normalized"),
     ("vid,1,0.6,0.1,0.5,0.5,1,0", r":2: box 0.6,0.1,0.5,0.5 has x2 < x1 or y2 < y1"),
     ("vid,1,0.1,0.6,0.5,0.5,1,0", r":2: box .* has x2 < x1 or y2 < y1"),
     ("vid,-3,0.1,0.1,0.5,0.5,1,0", r":2: timestamp -3 is negative"),

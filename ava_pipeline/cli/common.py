@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..errors import AvaPipelineError, ConfigError
 
@@ -51,6 +51,17 @@ def device_name(text: str) -> str:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
     return text
+
+
+def parse_and_run(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], prog: str,
+                  argv: Optional[Sequence[str]]) -> int:
+    """Parse ``argv`` and :func:`run_cli` ``run(args)``; ``--help`` and usage errors (printed by argparse on one
+    line) return their exit status instead of raising ``SystemExit``."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
+    return run_cli(lambda: run(args), prog, debug=args.debug)
 
 
 def run_cli(body: Callable[[], int], prog: str, debug: bool = False) -> int:

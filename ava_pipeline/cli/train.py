@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import USAGE_ERROR, device_name, non_negative_int, positive_float, positive_int, run_cli
+from .common import USAGE_ERROR, device_name, non_negative_int, parse_and_run, positive_float, positive_int
 
 PROG = "ava-train"
 
@@ -90,11 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point of ``ava-train``; returns the exit status (see module docstring)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_request:  # --help, or a usage error already printed on one line
-        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
-    return run_cli(lambda: run(args), PROG, debug=args.debug)
+    return parse_and_run(build_parser(), run, PROG, argv)
 
 
 if __name__ == "__main__":

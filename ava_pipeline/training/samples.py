@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputFormatError
-from ..ava_csv import csv_rows, parse_seconds
+from ..ava_csv import csv_rows, parse_keyframe_box, parse_seconds
 from ..video import VideoMetadata, VideoReader
 
 PathLike = Union[str, Path]
@@ -214,25 +214,10 @@ def _parse_row(row: list, where: str, is_gt: bool):
     if not is_gt and len(row) not in (6, 7, 8):
         raise InputFormatError(f"{where}: expected 6 to 8 columns ({PROPOSAL_FORMAT}), got {len(row)}: "
                                f"{','.join(row)!r}")
-    video_id = row[0].strip()
-    if not video_id:
-        raise InputFormatError(f"{where}: empty video id; the first column names the video by its file stem")
-    try:
-        time = parse_seconds(row[1])
-    except ValueError:
-        raise InputFormatError(f"{where}: timestamp {row[1]!r} is not a number of seconds") from None
+    video_id, time, texts, box = parse_keyframe_box(row, where)
     if time < 0:
         raise InputFormatError(f"{where}: timestamp {row[1]} is negative; times are seconds from the video start")
-    texts = tuple(row[2:6])
-    try:
-        box = [float(value) for value in texts]
-    except ValueError:
-        raise InputFormatError(f"{where}: box {','.join(texts)!r} has a coordinate that is not a number") from None
-    if not all(0.0 <= value <= 1.0 for value in box):  # also rejects NaN
-        raise InputFormatError(f"{where}: box {','.join(texts)} is not normalised to [0, 1] (pixel coordinates?); "
-                               "divide x by the frame width and y by its height")
-    if box[2] < box[0] or box[3] < box[1]:
-        raise InputFormatError(f"{where}: box {','.join(texts)} has x2 < x1 or y2 < y1; the order is x1,y1,x2,y2")
+    box = list(box)
     action = NO_ACTION
     if len(row) > 6 and row[6].strip() not in ("", "-1"):
         try:

@@ -20,24 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine_line
+from benchmarks.common import TRAINING_DATASET, machine_line
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "SLOWFAST_32x2_R50_SHORT"
 
-MEASURE = r"""
+MEASURE = TRAINING_DATASET + r"""
 import json, sys, time, torch
-from ava_pipeline.config import load_config
-from ava_pipeline.training.dataset import AvaClipDataset, collate
 from ava_pipeline.training.loop import EpochSampler
-from ava_pipeline.training.samples import find_videos, read_training_samples
 annotations, videos, store, workers, config = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-cfg = load_config(config)
-samples = read_training_samples(annotations, class_ids=range(1, 81))
-dataset = AvaClipDataset(samples, find_videos(videos, samples.video_ids()), num_frames=cfg.model.num_frames,
-                         sampling_rate=cfg.model.sampling_rate, alpha=cfg.model.alpha, fps=cfg.data.fps,
-                         mean=cfg.data.mean, std=cfg.data.std, test_crop_size=cfg.data.test_crop_size,
-                         train_jitter_scales=(256, 320), train_crop_size=224, augment=True, seed=0, cache_dir=store)
+dataset = training_dataset(annotations, videos, store, config)
 start = time.perf_counter()
 report = dataset.prepare(workers=workers)
 prepare_s = time.perf_counter() - start
