@@ -110,3 +110,39 @@ def check_images(images: Sequence[np.ndarray]) -> None:
                 and image.shape[2] == 3):
             described = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__)
             raise ValueError(f"image {index}: expected a uint8 (H, W, 3) RGB array, got {described}")
+
+
+class ImageDetector:
+    """What the image backends share: the model's identity (``name``, ``weights`` label, ``weights_sha256``) and
+    the person selection applied to its raw outputs (:func:`select_persons` with ``person_label``,
+    ``score_thresh``, ``min_box_size``, ``max_detections``)."""
+
+    backend = "image"
+    needs_pixels = True
+
+    def __init__(self, *, name: str, weights: str, weights_sha256: Optional[str], score_thresh: float,
+                 min_box_size: float, max_detections: int, person_label: int):
+        self.name = name
+        self.weights = weights
+        self.weights_sha256 = weights_sha256
+        self.score_thresh = float(score_thresh)
+        self.min_box_size = float(min_box_size)
+        self.max_detections = int(max_detections)
+        self.person_label = person_label
+
+    def _describe(self, details: str) -> str:
+        """``<backend> <name> (<weights>, <hash>), <details>, <selection>``: the one-line description."""
+        digest = f"sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "no hash"
+        return (f"{self.backend} {self.name} ({self.weights}, {digest}), {details}, person score >= "
+                f"{self.score_thresh}, boxes >= {self.min_box_size:g} px, <= {self.max_detections} per image")
+
+    def _fingerprint(self, **details) -> dict:
+        return {"backend": self.backend, "model": self.name, "weights": self.weights,
+                "weights_sha256": self.weights_sha256, "score_thresh": self.score_thresh,
+                "min_box_size": self.min_box_size, "max_detections": self.max_detections, **details}
+
+    def _persons(self, boxes_px, scores, labels, image: np.ndarray) -> PersonBoxes:
+        """The persons among one image's raw detections (pixels of ``image``)."""
+        return select_persons(boxes_px, scores, labels, person_label=self.person_label,
+                              image_size=(image.shape[1], image.shape[0]), score_thresh=self.score_thresh,
+                              min_box_size=self.min_box_size, max_detections=self.max_detections)

@@ -8,14 +8,14 @@ import numpy as np
 
 from ..checksums import file_sha256
 from ..errors import ConfigError, DependencyMissingError, WeightsError
-from .base import (DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESH, NO_MODEL_CAP, PersonBoxes, check_images,
-                   select_persons, strictly_below)
+from .base import (DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESH, NO_MODEL_CAP, ImageDetector, PersonBoxes,
+                   check_images, strictly_below)
 
 DEFAULT_DETECTRON2_MODEL = "COCO-Detection/faster_rcnn_R_50_FPN_3x"
 """The person detector of PySlowFast's demo (COCO box AP 40.2)."""
 DETECTRON2_INSTALL = "pip install 'git+https://github.com/facebookresearch/detectron2.git'"
 
-class Detectron2PersonDetector:
+class Detectron2PersonDetector(ImageDetector):
     """A detectron2 detector (any meta-architecture returning ``instances``) keeping the person class.
 
     ``model``: a finished detectron2 model in eval mode; ``input_format`` ``"BGR"`` or ``"RGB"`` (the
@@ -25,39 +25,28 @@ class Detectron2PersonDetector:
     """
 
     backend = "detectron2"
-    needs_pixels = True
 
     def __init__(self, model, *, input_format: str, resize, person_label: int, name: str, weights: str,
                  weights_sha256: Optional[str], score_thresh: float = DEFAULT_SCORE_THRESH,
                  min_box_size: float = 0.0, max_detections: int = DEFAULT_MAX_DETECTIONS):
         if input_format not in ("BGR", "RGB"):
             raise ConfigError(f"detectron2 INPUT.FORMAT {input_format!r} is not supported; use BGR or RGB")
+        super().__init__(name=name, weights=weights, weights_sha256=weights_sha256, score_thresh=score_thresh,
+                         min_box_size=min_box_size, max_detections=max_detections, person_label=person_label)
         self.model = model.eval()
         self.input_format = input_format
         self.resize = resize
-        self.person_label = person_label
-        self.name = name
-        self.weights = weights
-        self.weights_sha256 = weights_sha256
-        self.score_thresh = float(score_thresh)
-        self.min_box_size = float(min_box_size)
-        self.max_detections = int(max_detections)
 
     @property
     def description(self) -> str:
-        digest = f"sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "no hash"
-        return (f"detectron2 {self.name} ({self.weights}, {digest}), {self.input_format} input, "
-                f"person score >= {self.score_thresh}, boxes >= {self.min_box_size:g} px, "
-                f"<= {self.max_detections} per image")
+        return self._describe(f"{self.input_format} input")
 
     def fingerprint(self) -> dict:
         import detectron2
 
-        return {"backend": self.backend, "model": self.name, "weights": self.weights,
-                "weights_sha256": self.weights_sha256, "detectron2": detectron2.__version__,
-                "input_format": self.input_format, "score_thresh": self.score_thresh,
-                "min_box_size": self.min_box_size, "max_detections": self.max_detections,
-                "input_min_size": int(self.resize.short_edge_length[0]), "input_max_size": int(self.resize.max_size)}
+        return self._fingerprint(detectron2=detectron2.__version__, input_format=self.input_format,
+                                 input_min_size=int(self.resize.short_edge_length[0]),
+                                 input_max_size=int(self.resize.max_size))
 
     def to(self, device: Any) -> "Detectron2PersonDetector":
         self.model.to(device)
@@ -84,11 +73,8 @@ class Detectron2PersonDetector:
         results = []
         for image, output in zip(images, outputs):
             instances = output["instances"].to("cpu")
-            results.append(select_persons(
-                instances.pred_boxes.tensor.numpy(), instances.scores.numpy(), instances.pred_classes.numpy(),
-                person_label=self.person_label, image_size=(image.shape[1], image.shape[0]),
-                score_thresh=self.score_thresh, min_box_size=self.min_box_size,
-                max_detections=self.max_detections))
+            results.append(self._persons(instances.pred_boxes.tensor.numpy(), instances.scores.numpy(),
+                                         instances.pred_classes.numpy(), image))
         return results
 
 

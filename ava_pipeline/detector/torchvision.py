@@ -10,8 +10,8 @@ import numpy as np
 
 from ..checksums import file_sha256
 from ..errors import ConfigError, WeightsError
-from .base import (DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESH, NO_MODEL_CAP, PersonBoxes, check_images,
-                   select_persons, strictly_below)
+from .base import (DEFAULT_MAX_DETECTIONS, DEFAULT_SCORE_THRESH, NO_MODEL_CAP, ImageDetector, PersonBoxes,
+                   check_images, strictly_below)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -30,7 +30,7 @@ DEFAULT_TORCHVISION_MODEL = "fasterrcnn_resnet50_fpn_v2"
 DETECTOR_PRECISIONS = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 """Detector precisions of the fast path: name -> torch dtype of its autocast (None: float32)."""
 
-class TorchvisionPersonDetector:
+class TorchvisionPersonDetector(ImageDetector):
     """A torchvision Faster R-CNN (91 COCO classes) keeping the person class.
 
     ``model``: a finished, loaded ``torchvision.models.detection.FasterRCNN``; its own transform converts
@@ -48,7 +48,6 @@ class TorchvisionPersonDetector:
     """
 
     backend = "torchvision"
-    needs_pixels = True
 
     def __init__(self, model: "torch.nn.Module", *, name: str, weights: str, weights_sha256: Optional[str],
                  score_thresh: float = DEFAULT_SCORE_THRESH, min_box_size: float = 0.0,
@@ -61,16 +60,11 @@ class TorchvisionPersonDetector:
         if precision != "fp32" and not fast:
             raise ConfigError(f"detector precision={precision!r} runs through the fast path; drop fast=False")
 
+        super().__init__(name=name, weights=weights, weights_sha256=weights_sha256, score_thresh=score_thresh,
+                         min_box_size=min_box_size, max_detections=max_detections, person_label=person_label)
         self.model = model.eval()
         self.model.roi_heads.score_thresh = strictly_below(score_thresh)
         self.model.roi_heads.detections_per_img = NO_MODEL_CAP
-        self.name = name
-        self.weights = weights
-        self.weights_sha256 = weights_sha256
-        self.score_thresh = float(score_thresh)
-        self.min_box_size = float(min_box_size)
-        self.max_detections = int(max_detections)
-        self.person_label = person_label
         self.fast = bool(fast)
         self.precision = precision
         self.device = torch.device(device)
@@ -91,22 +85,17 @@ class TorchvisionPersonDetector:
     @property
     def description(self) -> str:
         transform = self.model.transform
-        digest = f"sha256 {self.weights_sha256[:12]}" if self.weights_sha256 else "no hash"
-        return (f"torchvision {self.name} ({self.weights}, {digest}), input short side {transform.min_size[0]} "
-                f"(long <= {transform.max_size}), person score >= {self.score_thresh}, "
-                f"boxes >= {self.min_box_size:g} px, <= {self.max_detections} per image"
+        return (self._describe(f"input short side {transform.min_size[0]} (long <= {transform.max_size})")
                 + ("" if self.fast else ", eager") + ("" if self.precision == "fp32" else f", {self.precision}"))
 
     def fingerprint(self) -> dict:
         import torchvision
 
         transform = self.model.transform
-        return {"backend": self.backend, "model": self.name, "weights": self.weights,
-                "weights_sha256": self.weights_sha256, "torchvision": torchvision.__version__,
-                "score_thresh": self.score_thresh, "min_box_size": self.min_box_size,
-                "max_detections": self.max_detections, "input_min_size": int(transform.min_size[0]),
-                "input_max_size": int(transform.max_size),
-                **({} if self.precision == "fp32" else {"precision": self.precision})}  # fast or not: rounding
+        # fast or not gives the same boxes up to rounding: left out, so that manifests stay valid
+        return self._fingerprint(torchvision=torchvision.__version__, input_min_size=int(transform.min_size[0]),
+                                 input_max_size=int(transform.max_size),
+                                 **({} if self.precision == "fp32" else {"precision": self.precision}))
 
     def to(self, device: Any) -> "TorchvisionPersonDetector":
         import torch
@@ -132,11 +121,8 @@ class TorchvisionPersonDetector:
             tensors = [torch.tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1).float() / 255
                        for image in images]
             outputs = self.runtime_model(tensors)
-        return [select_persons(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
-                               person_label=self.person_label, image_size=(image.shape[1], image.shape[0]),
-                               score_thresh=self.score_thresh, min_box_size=self.min_box_size,
-                               max_detections=self.max_detections)
-                for image, out in zip(images, outputs)]
+        return [self._persons(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
+                              image) for image, out in zip(images, outputs)]
 
 
 def build_torchvision_model(name: str = DEFAULT_TORCHVISION_MODEL, *, input_min_size: Optional[int] = None,
