@@ -15,8 +15,8 @@ import torch
 
 from ava_pipeline.errors import ConfigError
 from ava_pipeline.training import load_train_settings
-from ava_pipeline.training.distributed import Distributed, ShardedEpochSampler, per_process_batch
-from ava_pipeline.training.loop import EpochSampler
+from ava_pipeline.training.distributed import Distributed
+from ava_pipeline.training.sampling import EpochSampler, ShardedEpochSampler, per_process_batch
 from tests.training_fixtures import write_config, write_dataset
 
 # two boxes on every keyframe, so each process of a 2-process job holds as many boxes as the other

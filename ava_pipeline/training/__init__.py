@@ -8,7 +8,8 @@
 Modules, in the order of the data flow: ``samples`` (annotation rows -> keyframes with boxes and multi-hot labels),
 ``frames`` (frame store: one decoding pass per video), ``transforms`` (PySlowFast's AVA train transform),
 ``dataset`` (clips + collate), ``settings`` (TRAIN/SOLVER/BN/DATA/AVA keys), ``init`` (random init, ``--weights``),
-``optim`` (parameter groups, SGD, learning-rate policy), ``loop`` (the epochs), ``checkpoint`` (PySlowFast layout,
+``optim`` (parameter groups, SGD, learning-rate policy), ``sampling`` (data order per iteration and process),
+``loop`` (the epochs), ``checkpoint`` (PySlowFast layout,
 exact resume), ``validation`` (frame-mAP during training), ``metrics`` (metrics.jsonl, curves.png), ``run`` (the
 whole run, what ``ava-train`` calls); ``distributed`` (data-parallel training under torchrun) and ``head_only``
 (``--head-only``: cached RoI features, only the head trains).

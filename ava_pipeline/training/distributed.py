@@ -33,7 +33,6 @@ import torch.distributed as dist
 from torch import nn
 
 from ava_pipeline.errors import ConfigError
-from ava_pipeline.training.loop import EpochSampler
 
 log = logging.getLogger(__name__)
 
@@ -134,38 +133,6 @@ def check_same_start(job: Distributed, start_epoch: int, device: torch.device, c
     if len(set(starts)) > 1:
         raise ConfigError(f"the processes of this job found different checkpoints in {checkpoints} (epochs to start "
                           f"at, by rank: {starts}); put --out on a filesystem that every machine of the job sees")
-
-
-def per_process_batch(batch_size: int, job: Optional[Distributed]) -> int:
-    """Clips per process and iteration for the global ``batch_size``; raises ``ConfigError`` when the number of
-    processes does not divide it (PySlowFast asserts the same)."""
-    if job is None:
-        return batch_size
-    if batch_size % job.world_size:
-        raise ConfigError(f"TRAIN.BATCH_SIZE {batch_size} (--batch-size) is the global batch and must be divisible "
-                          f"by the {job.world_size} processes of the job; choose a multiple of {job.world_size}")
-    return batch_size // job.world_size
-
-
-class ShardedEpochSampler(EpochSampler):
-    """This process's share of each iteration's global batch: ``(epoch, index)`` for positions
-    ``i * B + rank * b .. i * B + (rank + 1) * b - 1`` of the epoch's order (``B`` global batch, ``b = B / W``),
-    for the ``floor(size / B)`` iterations of the epoch (drop_last)."""
-
-    def __init__(self, size: int, *, seed: int, shuffle: bool, batch_size: int, job: Distributed):
-        super().__init__(size, seed=seed, shuffle=shuffle)
-        self.batch_size, self.per_process, self.rank = batch_size, per_process_batch(batch_size, job), job.rank
-
-    def __iter__(self):
-        order = self.order()
-        shard = []
-        for start in range(0, (self.size // self.batch_size) * self.batch_size, self.batch_size):
-            first = start + self.rank * self.per_process
-            shard += order[first:first + self.per_process]
-        return iter([(self.epoch, index) for index in shard])
-
-    def __len__(self) -> int:
-        return (self.size // self.batch_size) * self.per_process
 
 
 class GlobalBatchDropout(nn.Module):

@@ -28,6 +28,7 @@ from torch import nn
 
 from ava_pipeline.errors import AvaPipelineError
 from ava_pipeline.training.optim import learning_rate, set_learning_rate
+from ava_pipeline.training.sampling import EpochSampler, ShardedEpochSampler, epoch_seed
 from ava_pipeline.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -35,35 +36,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(AvaPipelineError):
     """The loss became NaN or infinite (PySlowFast stops the same way)."""
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for epoch ``epoch`` of a run seeded ``seed`` (independent streams per epoch)."""
-    return int(np.random.SeedSequence([seed, epoch, 0x5A3D]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)`` for the samples of one epoch: a permutation drawn from ``(seed, epoch)`` with
-    ``shuffle``, else ``0..size-1``. The epoch travels with each index, so DataLoader workers use the right
-    augmentation draws however they were started."""
-
-    def __init__(self, size: int, *, seed: int, shuffle: bool):
-        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return torch.randperm(self.size, generator=generator).tolist()
-
-    def __iter__(self):
-        return iter([(self.epoch, index) for index in self.order()])
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: list[torch.Tensor], boxes: torch.Tensor,
@@ -120,7 +92,6 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
     if job is None:
         sampler, per_process = EpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle), None
     else:
-        from ava_pipeline.training.distributed import ShardedEpochSampler
         sampler = ShardedEpochSampler(len(dataset), seed=settings.seed, shuffle=settings.shuffle,
                                       batch_size=settings.batch_size, job=job)
         per_process = sampler.per_process

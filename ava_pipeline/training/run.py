@@ -37,6 +37,7 @@ from ava_pipeline.training.loop import LoopHooks, fit
 from ava_pipeline.training.metrics import MetricsLog, plot_curves
 from ava_pipeline.training.optim import build_optimizer
 from ava_pipeline.training.samples import check_videos, find_videos, read_training_samples
+from ava_pipeline.training.sampling import per_process_batch
 from ava_pipeline.training.settings import TrainSettings, load_train_settings, settings_mapping, with_overrides
 from ava_pipeline.training.validation import read_validation_set, validate
 from ava_pipeline.checksums import file_sha256
@@ -158,7 +159,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     model_cfg = load_config(config)
     settings = with_overrides(load_train_settings(config), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                               augment=augment, shuffle=shuffle)
-    distributed.per_process_batch(settings.batch_size, job)
+    per_process_batch(settings.batch_size, job)
     if head_only and job is not None:
         raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
                           "ava-train without torchrun")

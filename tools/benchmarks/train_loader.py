@@ -27,7 +27,7 @@ CONFIG = "SLOWFAST_32x2_R50_SHORT"
 
 MEASURE = TRAINING_DATASET + r"""
 import json, sys, time, torch
-from ava_pipeline.training.loop import EpochSampler
+from ava_pipeline.training.sampling import EpochSampler
 annotations, videos, store, workers, config = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 dataset = training_dataset(annotations, videos, store, config)
 start = time.perf_counter()
