@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.inference import fold_batchnorm
 
 CHANNELS_LAST = torch.channels_last
 MAX_PACKED_SHAPES = 8
@@ -63,24 +64,6 @@ def _is_norm(module: nn.Module) -> bool:
     from torchvision.ops import FrozenBatchNorm2d
 
     return isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))
-
-
-@torch.no_grad()
-def fold_norm(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Weight and bias of ``norm(conv(x))`` as one convolution (folded in float64, returned in conv's dtype).
-
-    ``norm``: a BatchNorm2d in eval mode or a FrozenBatchNorm2d (both keep weight, bias, running_mean,
-    running_var, eps), or None (the convolution's own weight and bias, copied).
-    ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = beta + (b - mean) * gamma / sqrt(var + eps)``.
-    """
-    if norm is None:
-        return conv.weight.detach().clone(), None if conv.bias is None else conv.bias.detach().clone()
-    dtype = conv.weight.dtype
-    scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
-    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = norm.bias.double() + (bias - norm.running_mean.double()) * scale
-    return weight.to(dtype), bias.to(dtype)
 
 
 class FoldedConv2d(nn.Module):
@@ -99,7 +82,7 @@ class FoldedConv2d(nn.Module):
             raise ConfigError(f"FoldedConv2d: unsupported activation {activation!r}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ConfigError(f"FoldedConv2d: padding {conv.padding!r} / {conv.padding_mode!r} is not supported")
-        weight, bias = fold_norm(conv, norm)
+        weight, bias = fold_batchnorm(conv, norm)
         # oneDNN reorders an NCHW weight to NHWC on every call for channels-last inputs: store it NHWC.
         self.register_buffer("weight", weight.contiguous(memory_format=CHANNELS_LAST))
         self.register_buffer("bias", bias)

@@ -28,14 +28,18 @@ __all__ = ["FoldedConv3d", "FrameMaxPool", "FusedBottleneckBlock", "FusedNonLoca
 
 
 @torch.no_grad()
-def fold_batchnorm(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_batchnorm(conv: nn.Module, bn: Optional[nn.Module]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Weight and bias of ``bn(conv(x))`` as one convolution (folded in float64, returned in conv's dtype).
 
+    ``conv``: a Conv2d or Conv3d; ``bn``: a BatchNorm in eval mode or torchvision's FrozenBatchNorm2d (both keep
+    weight, bias, running_mean, running_var, eps), or None (the convolution's own weight and bias, copied).
     ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = beta + (b - mean) * gamma / sqrt(var + eps)``.
     """
+    if bn is None:
+        return conv.weight.detach().clone(), None if conv.bias is None else conv.bias.detach().clone()
     dtype = conv.weight.dtype
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    weight = conv.weight.double() * scale.view(-1, 1, 1, 1, 1)
+    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     bias = bn.bias.double() + (bias - bn.running_mean.double()) * scale
     return weight.to(dtype), bias.to(dtype)
@@ -54,11 +58,7 @@ class FoldedConv3d(nn.Module):
 
     def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], *, relu: bool, use_onednn: bool):
         super().__init__()
-        if bn is None:
-            weight = conv.weight.detach().clone()
-            bias = conv.bias.detach().clone() if conv.bias is not None else None
-        else:
-            weight, bias = fold_batchnorm(conv, bn)
+        weight, bias = fold_batchnorm(conv, bn)
         # oneDNN reorders an NCDHW weight to NDHWC on every call for channels-last inputs: store it NDHWC.
         self.register_buffer("weight", weight.contiguous(memory_format=CHANNELS_LAST))
         self.register_buffer("bias", bias)
