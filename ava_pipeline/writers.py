@@ -27,7 +27,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -96,12 +96,20 @@ def _kept_columns(scores: np.ndarray, min_score: Optional[float]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- CSV
 
 def detection_rows(result: "KeyframeResult", min_score: Optional[float] = None) -> Iterator[list[str]]:
-    """CSV rows of one keyframe: per person box and action (all 80 unless below ``min_score``)."""
-    timestamp = format_seconds(result.timestamp)
-    for texts, scores in zip(box_texts(result), result.probs):
+    """CSV rows of one keyframe: per person box and action (all of the model's unless below ``min_score``)."""
+    columns = result.probs.shape[1] if result.probs.ndim == 2 else 0
+    ids = result.action_ids or [action_id_of_column(column) for column in range(columns)]
+    return keyframe_rows(result.video_id, result.timestamp, box_texts(result), result.probs, ids, min_score)
+
+
+def keyframe_rows(video_id: str, timestamp, texts: Sequence[Sequence[str]], probs, action_ids: Sequence[int],
+                  min_score: Optional[float] = None) -> Iterator[list[str]]:
+    """Rows ``video_id,timestamp,x1,y1,x2,y2,action_id,score`` of one keyframe: per box (its 4 coordinate texts)
+    and action column ``c`` of ``probs`` (K, C), whose id is ``action_ids[c]``, unless scored below ``min_score``."""
+    timestamp = format_seconds(timestamp)
+    for box, scores in zip(texts, probs):
         for column in _kept_columns(scores, min_score):
-            yield [result.video_id, timestamp, *texts, str(action_id(result, int(column))),
-                   f"{float(scores[column]):.6f}"]
+            yield [video_id, timestamp, *box, str(action_ids[column]), f"{float(scores[column]):.6f}"]
 
 
 def proposal_rows(result: "KeyframeResult") -> Iterator[list[str]]:

@@ -23,8 +23,7 @@ from torch import nn
 from ava_pipeline.detector import read_person_boxes
 from ava_pipeline.evaluation import evaluate
 from ava_pipeline.training.samples import TrainingSample, read_training_samples
-from ava_pipeline.ava_csv import format_seconds
-from ava_pipeline.writers import atomic_output
+from ava_pipeline.writers import atomic_output, keyframe_rows
 
 
 @dataclass
@@ -112,10 +111,7 @@ def validate(model: nn.Module, dataset, validation: ValidationSet, *, class_ids:
         for item, probs in predictions:
             keyframes += 1
             texts = validation.box_texts[(item["video_id"], item["time"])]
-            timestamp = format_seconds(item["time"])
-            for box_texts, scores in zip(texts, probs):
-                for column, action_id in enumerate(class_ids):
-                    writer.writerow([item["video_id"], timestamp, *box_texts, action_id, f"{scores[column]:.6f}"])
+            writer.writerows(keyframe_rows(item["video_id"], item["time"], texts, probs, class_ids))
     result = evaluate(validation.annotations, out_csv, labelmap, exclusions=validation.exclusions)
     return {"mAP": _number(result.mAP), "per_class": {str(k): _number(v) for k, v in result.per_class.items()},
             "keyframes": keyframes, "detections": str(out_csv)}
