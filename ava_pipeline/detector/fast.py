@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.inference import fold_batchnorm
+from ..models.inference import fold_batchnorm, onednn_usable
 
 CHANNELS_LAST = torch.channels_last
 MAX_PACKED_SHAPES = 8
@@ -317,8 +317,7 @@ def optimize_detector(model: nn.Module, *, device="cpu", dtype: Optional[torch.d
         if not isinstance(getattr(model, part, None), nn.Module):
             raise ConfigError(f"optimize_detector: expected a torchvision FasterRCNN, got {type(model).__name__} "
                               f"without .{part}")
-    use_onednn = (device.type == "cpu" and dtype is None and torch.backends.mkldnn.is_available()
-                  and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    use_onednn = device.type == "cpu" and dtype is None and onednn_usable()
     fast = copy.deepcopy(model).eval()
     for part in (fast.backbone, fast.rpn.head, fast.roi_heads.box_head):
         _rewrite(part, use_onednn)

@@ -277,8 +277,9 @@ def onednn_usable() -> bool:
     """Whether this torch has the private oneDNN ops ``FoldedConv3d`` calls on CPU float32 and they give
     ``F.conv3d``'s values on a tiny case (with ReLU, with and without the in-place residual).
 
-    Probed once per process. When they are missing or differ, one warning is logged and the fast path runs
-    its convolutions through ``F.conv3d`` instead (BatchNorm still folded; no Winograd).
+    Probed once per process. When they are missing or differ, one warning is logged and the fast paths (this
+    one, and the person detector's in ``detector/fast.py``) run plain ``F.conv3d`` / ``F.conv2d`` instead
+    (norms still folded; no Winograd).
     """
     global _onednn_usable
     if _onednn_usable is None:
