@@ -93,8 +93,8 @@ class FrameReuse:
 
 def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized, *, test_size: int,
                     mean: Sequence[float], std: Sequence[float], alpha: Optional[int], bgr: bool = False,
-                    frame_ids: Optional[Sequence[int]] = None, reuse: Optional[FrameReuse] = None
-                    ) -> tuple[list[torch.Tensor], np.ndarray]:
+                    frame_ids: Optional[Sequence[int]] = None, reuse: Optional[FrameReuse] = None,
+                    source_size: Optional[tuple[int, int]] = None) -> tuple[list[torch.Tensor], np.ndarray]:
     """Model inputs for one clip.
 
     Args:
@@ -108,6 +108,9 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
         bgr: emit channels in BGR order (PySlowFast's ``AVA.BGR``); default RGB.
         frame_ids, reuse: with both, frames whose id the previous call on ``reuse`` (or this clip) already
             normalized are copied from there instead of transformed again (the same values).
+        source_size: ``(W, H)`` of the video frames when ``frames`` are those frames already resized (the
+            training frame store's frames at ``test_size``): boxes, the output size and the float arithmetic
+            follow the source, so the result equals that of the source frames; None: ``frames`` are the source.
 
     Returns:
         ``([slow (1, 3, T // alpha, H', W'), fast (1, 3, T, H', W')], boxes_px)`` (``[fast]`` alone when
@@ -123,13 +126,14 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 values each, got {list(mean)} and {list(std)}")
     num_frames = len(frames)
-    height, width = first.shape[:2]
+    width, height = source_size or (first.shape[1], first.shape[0])
     new_width, new_height = resized_size(width, height, test_size)
     resized = (new_width, new_height) != (width, height)
+    resize_pixels = (new_width, new_height) != (first.shape[1], first.shape[0])
     lut = normalization_table(mean, std, resized=resized)
     clip = torch.empty((1, num_frames, new_height, new_width, 3), dtype=torch.float32)  # channels-last memory
     clip_frames = clip.numpy()[0]
-    settings = (first.shape, test_size, tuple(mean), tuple(std), bgr)
+    settings = (first.shape, (width, height), test_size, tuple(mean), tuple(std), bgr)
     reusing = frame_ids is not None and reuse is not None
     previous, done = (reuse.frames(settings) if reusing else {}), {}
     for index in range(num_frames):
@@ -141,7 +145,7 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
         if normalized is not None:
             np.copyto(clip_frames[index], normalized)
         else:
-            if resized:
+            if resize_pixels:
                 image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
             if bgr:
                 image = image[:, :, ::-1]

@@ -6,6 +6,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from ava_pipeline.preprocess import preprocess_clip
 from ava_pipeline.training.dataset import AvaClipDataset, collate
 from ava_pipeline.training.frames import FrameStore
 from ava_pipeline.training.samples import find_videos, read_training_samples
+from ava_pipeline.training.transforms import augmentation_rng, draw_train_augmentation, train_transform
 from ava_pipeline.video import iter_clips
 from tests.videos import read_index, write_index_video
 
@@ -54,7 +56,7 @@ def test_store_serves_each_keyframes_grid_frames_bit_exactly(movies, tmp_path):
         assert [read_index(image) for image in frames.clip(time)] == expected
     inference = {clip.keyframe_s: clip.frames for clip in iter_clips(folder / "alpha.mkv", times, **CLIP)}
     for time in times:
-        clip = frames.clip(time)
+        clip = np.stack(frames.clip(time))
         assert clip.dtype == np.uint8 and clip.shape == (8, 48, 64, 3)
         np.testing.assert_array_equal(clip, inference[time])
     distinct = {index for time in times for index in
@@ -77,6 +79,55 @@ def test_an_entry_grows_to_the_union_of_keyframes_and_supersedes_the_smaller_one
     assert list((tmp_path / "cache").iterdir()) == [second.directory]
     assert store.missing_bytes("alpha", folder / "alpha.mkv", [Fraction(2)], **CLIP) == 0
     assert store.missing_bytes("alpha", folder / "alpha.mkv", [Fraction(3)], **CLIP) == 24 * 64 * 48 * 3
+
+
+def test_a_short_side_stores_the_transforms_resize_of_the_decoded_frames_never_an_upscale(movies, tmp_path):
+    folder, _ = movies
+    store = FrameStore(tmp_path / "cache")
+    times = [Fraction(1), Fraction(2)]
+    small = store.prepare("alpha", folder / "alpha.mkv", times, **CLIP, short_side=40)
+    assert small.shape == (40, 53, 3) and small.source_size == (64, 48)  # 64 x 48 -> floor(64 * 40 / 48) x 40
+    decoded = {clip.keyframe_s: clip.frame_list for clip in iter_clips(folder / "alpha.mkv", times, **CLIP)}
+    for time in times:
+        for stored, frame in zip(small.clip(time), decoded[time]):
+            np.testing.assert_array_equal(stored, cv2.resize(frame, (53, 40), interpolation=cv2.INTER_LINEAR))
+    assert small.disk_bytes == 16 * 53 * 40 * 3  # 2 clips of 8 distinct grid frames each
+    assert store.missing_bytes("alpha", folder / "alpha.mkv", [Fraction(3)], **CLIP, short_side=40) == \
+        24 * 53 * 40 * 3
+    assert store.missing_bytes("alpha", folder / "alpha.mkv", times, **CLIP, short_side=40) == 0
+    as_decoded = store.prepare("alpha", folder / "alpha.mkv", times, **CLIP, short_side=64)  # larger: kept as is
+    assert not as_decoded.reused and as_decoded.shape == (48, 64, 3) and as_decoded.source_size == (64, 48)
+    np.testing.assert_array_equal(np.stack(as_decoded.clip(Fraction(1))), np.stack(decoded[Fraction(1)]))
+    reopened = store.prepare("alpha", folder / "alpha.mkv", times, **CLIP, short_side=40)
+    assert reopened.reused and reopened.directory == small.directory  # another size is another entry
+
+
+def test_augmented_items_keep_pyslowfasts_geometry_from_the_training_resolution_store(movies, tmp_path):
+    folder, _ = movies
+    compact = make_dataset(movies, tmp_path / "compact")
+    full = make_dataset(movies, tmp_path / "full", full_resolution_frames=True)
+    assert compact.prepare().disk_bytes < full.prepare().disk_bytes
+    assert [compact.store_short_side, full.store_short_side] == [40, None]
+    exact = differing = 0
+    for epoch in range(12):
+        for index, sample in enumerate(full.samples):
+            clip = next(iter(iter_clips(folder / f"{sample.video_id}.mkv", [sample.time], **CLIP)))
+            draw = draw_train_augmentation(augmentation_rng(7, epoch, index), 64, 48, jitter_scales=(32, 40),
+                                           crop_size=28)
+            inputs, boxes = train_transform(clip.frame_list, sample.boxes, draw, crop_size=28, mean=DATA["mean"],
+                                            std=DATA["std"], alpha=4)
+            reference, mine = full[(epoch, index)], compact[(epoch, index)]
+            assert all(torch.equal(a, b) for a, b in zip(reference["inputs"], inputs))  # PySlowFast's, bit for bit
+            assert torch.equal(reference["boxes"], torch.from_numpy(boxes))
+            assert torch.equal(mine["boxes"], reference["boxes"])  # sizes, crops, flips and boxes: exact
+            difference = (mine["inputs"][1] - reference["inputs"][1]).abs()
+            if draw.short_side == 40:  # the stored size: the stored frames are the transform's resize
+                exact += 1
+                assert all(torch.equal(a, b) for a, b in zip(mine["inputs"], reference["inputs"]))
+            else:  # pixels resized twice: close, not equal (0.1 = 6 grey levels; block edges move most)
+                assert difference.mean() < 0.1 and difference.max() < 1.5, (epoch, index, difference.max())
+                differing += bool(difference.max() > 0)
+    assert exact > 0 and differing > 0
 
 
 def test_no_augment_items_equal_the_inference_tensors(movies, tmp_path):
@@ -129,11 +180,32 @@ def test_batches_do_not_depend_on_the_number_of_workers(movies, tmp_path):
                                              collate_fn=collate)
         return list(loader)
 
-    single, parallel = batches(0), batches(2)
+    single, parallel = batches(0), batches(2)  # in the workers, batches are assembled in shared memory
+    items = [collate([dataset[i] for i in range(start, min(start + 2, len(dataset)))]) for start in (0, 2, 4)]
     assert len(single) == len(parallel) == 3
-    for a, b in zip(single, parallel):
+    for a, b, c in zip(single, parallel, items):
+        assert all(torch.equal(x, y) for x, y in zip(a.inputs, c.inputs))
         assert all(torch.equal(x, y) for x, y in zip(a.inputs, b.inputs))
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels) and a.keys == b.keys
+
+
+def test_a_batch_assembled_in_place_equals_the_collated_items(movies, tmp_path):
+    dataset = make_dataset(movies, tmp_path / "cache")
+    dataset.prepare()
+    indices = [(2, 4), (2, 0), (5, 3)]
+    batch = dataset.__getitems__(indices)
+    reference = collate([dataset[index] for index in indices])
+    assert collate(batch) is batch
+    assert [tuple(t.shape) for t in batch.inputs] == [(3, 3, 2, 28, 28), (3, 3, 8, 28, 28)]
+    assert all(t.is_contiguous() for t in batch.inputs)
+    assert all(torch.equal(a, b) for a, b in zip(batch.inputs, reference.inputs))
+    assert torch.equal(batch.boxes, reference.boxes) and torch.equal(batch.labels, reference.labels)
+    assert torch.equal(batch.ori_boxes, reference.ori_boxes)
+    assert (batch.keys, batch.indices) == (reference.keys, reference.indices) and batch.indices == [4, 0, 3]
+    no_augment = make_dataset(movies, tmp_path / "cache", augment=False, test_crop_size=40)
+    no_augment.prepare()
+    assert all(torch.equal(a, b) for a, b in zip(no_augment.__getitems__([0, 1]).inputs,
+                                                 collate([no_augment[0], no_augment[1]]).inputs))
 
 
 def test_collate_prepends_the_clip_index_to_each_box(movies, tmp_path):

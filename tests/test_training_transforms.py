@@ -148,3 +148,24 @@ def test_test_transform_is_the_inference_transform():
     assert [t.shape for t in inputs] == [(3, 2, 24, 32), (3, 8, 24, 32)]
     assert all(torch.equal(a, b[0]) for a, b in zip(inputs, reference))
     np.testing.assert_array_equal(boxes_px, reference_boxes)
+
+
+def test_pathways_are_written_into_given_tensors_and_the_source_size_rules_the_geometry():
+    frames = random_frames(8, 40, 30, seed=3)
+    draw = TrainDraw(short_side=20, crop_y=1, crop_x=3, flip=False)
+    boxes = [[0.2, 0.1, 0.8, 0.9]]
+    expected, expected_boxes = train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4)
+    out = [torch.full((3, 2, 16, 16), -1.0), torch.full((3, 8, 16, 16), -1.0)]
+    inputs, boxes_px = train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4, out=out)
+    assert [t.data_ptr() for t in inputs] == [t.data_ptr() for t in out]
+    assert all(torch.equal(a, b) for a, b in zip(out, expected)) and np.array_equal(boxes_px, expected_boxes)
+    with pytest.raises(ValueError, match="out must be 2 contiguous tensors"):
+        train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4, out=out[1:])
+    # frames already at the jittered size of a 80 x 60 source: boxes and arithmetic of the source, no resize
+    half = np.stack([cv2.resize(f, (26, 20), interpolation=cv2.INTER_LINEAR) for f in random_frames(8, 80, 60)])
+    inputs, boxes_px = train_transform(half, boxes, TrainDraw(short_side=20, crop_y=1, crop_x=3, flip=False),
+                                       crop_size=16, mean=MEAN, std=STD, alpha=None, source_size=(80, 60))
+    expected = normalised(half[:, 1:17, 3:19], resized=True)  # float32 division: the source was resized
+    assert torch.equal(inputs[0], torch.from_numpy(np.ascontiguousarray(expected.transpose(3, 0, 1, 2))))
+    # 80 x 60 -> 26 x 20 is a factor 26 / 80 (the source's rule, not 26 / 40 of the given frames)
+    np.testing.assert_allclose(boxes_px, [[16 * 26 / 80 - 3, 6 * 26 / 80 - 1, 15, 15]], atol=1e-5)

@@ -9,12 +9,14 @@ on DataLoader workers or on resuming), or, with ``augment=False``, by the infere
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
+from torch.utils.data import default_collate
 
 from ..errors import VideoDecodeError
 from .frames import FrameStore
@@ -73,7 +75,12 @@ class AvaClipDataset(torch.utils.data.Dataset):
             ``AVA.TRAIN_PCA_JITTER_ONLY``, ``DATA.TRAIN_PCA_EIGVAL`` / ``EIGVEC``.
         augment: False = the inference transform (short side to ``test_crop_size``, no crop, no flip).
         seed: >= 0; augmentation draws of item ``i`` in epoch ``e`` come from ``(seed, e, i)``.
-        cache_dir: folder of the frame store.
+        cache_dir: folder of the frame store. Frames are stored downscaled to the largest jitter scale (with
+            ``augment``) or to ``test_crop_size`` (without: the inference transform's own resized frames, so the
+            items stay bit-exact), never upscaled. The augmented items are then PySlowFast's transform with the
+            pixels resized from the stored copy (boxes, sizes, crops and arithmetic exact); with
+            ``full_resolution_frames`` the store keeps the decoded frames and they are PySlowFast's transform of
+            them, bit for bit, at several times the disk and read cost.
 
     Items (``dataset[i]``, or ``dataset[(epoch, i)]`` to name the epoch explicitly): ``"inputs"`` list of
     float32 ``(3, T_p, H, W)`` (Slow, Fast; Fast alone for Slow-only), ``"boxes"`` float32 (K, 4) ``x1, y1,
@@ -86,7 +93,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
                  train_jitter_scales: Sequence[int] = (256, 320), train_crop_size: int = 224,
                  random_flip: bool = True, colour_jitter: bool = False, pca_jitter_only: bool = True,
                  pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC, augment: bool = True,
-                 seed: int = 0, cache_dir):
+                 seed: int = 0, cache_dir, full_resolution_frames: bool = False):
         self._all = list(samples.samples if isinstance(samples, SampleSet) else samples)
         missing = sorted({s.video_id for s in self._all} - set(videos))
         if missing:
@@ -111,6 +118,8 @@ class AvaClipDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.store = FrameStore(cache_dir)
+        self.store_short_side = (None if augment and full_resolution_frames
+                                 else max(train_jitter_scales) if augment else test_crop_size)
         self._frames: dict = {}
         self._served: Optional[list] = None
 
@@ -133,7 +142,8 @@ class AvaClipDataset(torch.utils.data.Dataset):
         needed = 0
         for video_id, times in by_video.items():
             try:
-                needed += self.store.missing_bytes(video_id, self.videos[video_id], times, **self.clip_settings)
+                needed += self.store.missing_bytes(video_id, self.videos[video_id], times, **self.clip_settings,
+                                                   short_side=self.store_short_side)
             except VideoDecodeError:
                 pass  # reported by its prepare below
         self.store.check_space(needed)  # before hours of decoding, not after
@@ -141,7 +151,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
         def prepare_one(video_id):
             try:
                 return video_id, self.store.prepare(video_id, self.videos[video_id], by_video[video_id],
-                                                    **self.clip_settings), None
+                                                    **self.clip_settings, short_side=self.store_short_side), None
             except VideoDecodeError as error:
                 return video_id, None, str(error)
 
@@ -201,6 +211,10 @@ class AvaClipDataset(torch.utils.data.Dataset):
         return self._served
 
     def __getitem__(self, index) -> dict:
+        return self._item(index)
+
+    def _item(self, index, out: Optional[list] = None) -> dict:
+        """Item ``index`` (or ``(epoch, index)``); ``out``: tensors to write the augmented pathways into."""
         epoch = self.epoch
         if isinstance(index, tuple):
             epoch, index = index
@@ -209,18 +223,34 @@ class AvaClipDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(served):
             raise IndexError(f"index {index} outside the dataset's {len(served)} samples")
         sample: TrainingSample = served[index]
-        frames = self._frames[sample.video_id].clip(sample.time)
+        stored = self._frames[sample.video_id]
+        frames, source_size = stored.clip(sample.time), stored.source_size
         if self.augment:
-            draw = draw_train_augmentation(augmentation_rng(self.seed, epoch, index), frames.shape[2],
-                                           frames.shape[1], **self.augmentation)
+            draw = draw_train_augmentation(augmentation_rng(self.seed, epoch, index), *source_size,
+                                           **self.augmentation)
             inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
-                                            alpha=self.alpha, **self.normalisation, **self.pca)
+                                            alpha=self.alpha, source_size=source_size, out=out,
+                                            **self.normalisation, **self.pca)
         else:
             inputs, boxes = inference_transform(frames, sample.boxes, test_size=self.test_crop_size, alpha=self.alpha,
-                                           **self.normalisation)
+                                                source_size=source_size, **self.normalisation)
         return {"inputs": inputs, "boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(sample.labels),
                 "ori_boxes": torch.from_numpy(sample.boxes), "video_id": sample.video_id, "time": sample.time,
                 "index": index}
+
+    def __getitems__(self, indices: Sequence) -> TrainingBatch:
+        """``collate([self[i] for i in indices])``, with augmentation computed in place: each clip is transformed
+        straight into its slot of the batch's input tensors, which inside a DataLoader worker are allocated in
+        shared memory (as torch's ``default_collate`` does), so a batch reaches the training process with no
+        copy. The DataLoader calls this with each batch's indices."""
+        if not self.augment:
+            return collate([self[index] for index in indices])
+        size, frames = self.augmentation["crop_size"], self.clip_settings["num_frames"]
+        lengths = [frames] if self.alpha is None else [frames // self.alpha, frames]
+        inputs = [_batch_tensor((len(indices), 3, length, size, size)) for length in lengths]
+        items = [self._item(index, out=[pathway[slot] for pathway in inputs])
+                 for slot, index in enumerate(indices)]
+        return _assemble(items, inputs)
 
 
 @dataclass
@@ -242,17 +272,35 @@ class TrainingBatch:
 
 
 def collate(items: Sequence[dict]) -> TrainingBatch:
-    """Stack dataset items into a :class:`TrainingBatch` (clips must share one frame size)."""
+    """Stack dataset items into a :class:`TrainingBatch` (clips must share one frame size); a batch that
+    :meth:`AvaClipDataset.__getitems__` already assembled passes through. Inside a DataLoader worker the input
+    tensors are allocated in shared memory (``default_collate``)."""
+    if isinstance(items, TrainingBatch):
+        return items
     if not items:
         raise ValueError("cannot collate an empty batch")
     shapes = {tuple(item["inputs"][-1].shape) for item in items}
     if len(shapes) > 1:
         raise ValueError(f"clips of different sizes {sorted(shapes)} cannot share a batch (without augmentation "
                          "the frame size follows each video's aspect ratio): use batch size 1, or augmentation")
-    inputs = [torch.stack([item["inputs"][p] for item in items]) for p in range(len(items[0]["inputs"]))]
+    inputs = [default_collate([item["inputs"][p] for item in items]) for p in range(len(items[0]["inputs"]))]
+    return _assemble(items, inputs)
+
+
+def _assemble(items: Sequence[dict], inputs: list) -> TrainingBatch:
+    """The batch of ``items`` whose clips are already stacked in ``inputs``."""
     boxes = torch.cat([torch.cat([torch.full((len(item["boxes"]), 1), float(i)), item["boxes"]], dim=1)
                        for i, item in enumerate(items)])
     return TrainingBatch(inputs=inputs, boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
                          ori_boxes=torch.cat([item["ori_boxes"] for item in items]),
                          keys=[(item["video_id"], item["time"]) for item in items],
                          indices=[item["index"] for item in items])
+
+
+def _batch_tensor(shape: tuple) -> torch.Tensor:
+    """An uninitialised contiguous float32 tensor; inside a DataLoader worker in shared memory (the storage
+    ``default_collate`` allocates there), so that sending the batch to the training process copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)

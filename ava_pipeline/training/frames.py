@@ -1,15 +1,20 @@
-"""Frame store: the clip frames training needs, decoded once per video, read back in any order, bit-exactly.
+"""Frame store: the clip frames training needs, decoded once per video at training resolution, read back in any
+order.
 
 :mod:`ava_pipeline.video` decodes front to back only, while training visits keyframes in random order. So
 :meth:`FrameStore.prepare` runs :func:`~ava_pipeline.video.iter_clips` once over a video (the frames the
 inference path gives: same fps grid, same clip indices and clamping, same RGB conversion) and appends
 every grid frame some requested clip uses, once, as raw uint8 RGB to a file; :meth:`VideoFrames.clip`
-then returns any keyframe's (T, H, W, 3) clip from a memory map. Memory stays bounded by the decoder's
-window of one clip; the disk holds ``H * W * 3`` bytes per distinct grid frame used (a 32x2 clip every
+then returns any keyframe's T frames as views of a memory map. With ``short_side``, frames whose short side is
+larger are stored downscaled to it by the transforms' own resize (``cv2.resize`` INTER_LINEAR on uint8, to
+:func:`~ava_pipeline.preprocess.resized_size`), never upscaled: at the test size these are exactly the resized
+frames of the inference transform, so test-time tensors stay bit-exact (given the entry's ``source_size``); at
+the largest jitter scale they are the training frames' compact source. Memory stays bounded by the decoder's
+window of one clip; the disk holds ``h * w * 3`` bytes per distinct grid frame used (a 32x2 clip every
 second uses every other grid frame: 15 frames a second at 30 fps).
 
 An entry is keyed by the video file (absolute path, size, modification time), the decoder version and the
-clip settings (fps, frames, sampling rate), and holds the clips of a set of keyframes. A request is served by
+clip settings (fps, frames, sampling rate, stored short side), and holds the clips of a set of keyframes. A request is served by
 an entry that has all its keyframes; otherwise one decoding pass stores a new entry with the requested
 keyframes and those of the video's other entries (so the training and validation keyframes of one video end
 up in one entry, and an edited annotation file does not leave old entries behind). Entries superseded that
@@ -35,12 +40,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 
 from ..errors import AvaPipelineError, VideoDecodeError
+from ..preprocess import resized_size
 from ..video import VideoReader, VideoTruncatedError, decoder_version, iter_clips
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 _INDEX = "index.json"
 _FRAMES = "frames.u8"
 
@@ -51,15 +58,18 @@ class FrameStoreError(AvaPipelineError):
 
 @dataclass(eq=False)
 class VideoFrames:
-    """The stored clips of one video: ``clip(time)`` -> uint8 (T, H, W, 3) RGB, a fresh array.
+    """The stored clips of one video: ``clip(time)`` -> T uint8 (h, w, 3) RGB frames (read-only views).
 
-    ``clips``: ``{time: rows}`` (the T stored frames of each keyframe); ``lost``: ``{time: reason}`` of
-    keyframes that decoding did not produce; ``reused``: the entry existed before this prepare. Picklable (for
-    DataLoader workers): the memory map is opened on first use in each process.
+    ``shape``: ``(h, w, 3)`` of a stored frame; ``source_size``: ``(W, H)`` of the video's (upright) frames, of
+    which the stored ones are a downscaled copy when the two differ; ``clips``: ``{time: rows}`` (the T stored
+    frames of each keyframe); ``lost``: ``{time: reason}`` of keyframes that decoding did not produce;
+    ``reused``: the entry existed before this prepare. Picklable (for DataLoader workers): the memory map is
+    opened on first use in each process.
     """
 
     directory: Path
     shape: tuple
+    source_size: tuple
     clips: dict
     lost: dict
     reused: bool
@@ -80,13 +90,14 @@ class VideoFrames:
         """Distinct grid frames stored."""
         return max((int(rows.max()) + 1 for rows in self.clips.values() if len(rows)), default=0)
 
-    def clip(self, time: Fraction) -> np.ndarray:
-        """The clip of keyframe ``time`` (a requested keyframe not in :attr:`lost`): uint8 (T, H, W, 3) RGB."""
+    def clip(self, time: Fraction) -> list:
+        """The clip of keyframe ``time`` (a requested keyframe not in :attr:`lost`): T uint8 (h, w, 3) RGB frames,
+        views of the memory map (no copy)."""
         if self._frames is None:
             count = self.frame_count
             self._frames = np.memmap(self.directory / _FRAMES, dtype=np.uint8, mode="r",
                                      shape=(count, *self.shape)) if count else np.zeros((0, *self.shape), np.uint8)
-        return self._frames[self.clips[Fraction(time)]]
+        return [self._frames[row] for row in self.clips[Fraction(time)]]
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -101,15 +112,16 @@ class FrameStore:
         self.cache_dir = Path(cache_dir)
 
     def prepare(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
-                sampling_rate: int) -> VideoFrames:
-        """The clips of keyframes ``times`` (seconds) of ``video_path``: a valid stored entry that has them all,
-        or one decoding pass that stores them together with the keyframes of the video's other entries (which
-        the new entry supersedes).
+                sampling_rate: int, short_side: Optional[int] = None) -> VideoFrames:
+        """The clips of keyframes ``times`` (seconds) of ``video_path``, frames downscaled to ``short_side``
+        where larger (None: as decoded): a valid stored entry that has them all, or one decoding pass that stores
+        them together with the keyframes of the video's other entries (which the new entry supersedes).
 
         Keyframes lost to damage or lying past the end are in the result's ``lost``; a video that cannot be
         decoded at all raises :class:`~ava_pipeline.errors.VideoDecodeError` (nothing is stored).
         """
-        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate)
+        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate,
+                                                   short_side)
         try:
             entries = self._entries(prefix, key)
             covering = [frames for frames in entries if set(times) <= frames.known_times]
@@ -126,7 +138,7 @@ class FrameStore:
             shutil.rmtree(entry, ignore_errors=True)  # damaged: complete entries are found above
             temporary.mkdir()
             try:
-                index = _decode(video_path, temporary, wanted, Fraction(fps), num_frames, sampling_rate)
+                index = _decode(video_path, temporary, wanted, Fraction(fps), num_frames, sampling_rate, short_side)
                 index["key"] = key
                 (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
                 try:
@@ -150,12 +162,13 @@ class FrameStore:
         return stored
 
     def missing_bytes(self, video_id: str, video_path, times: Sequence[Fraction], *, fps, num_frames: int,
-                      sampling_rate: int) -> int:
+                      sampling_rate: int, short_side: Optional[int] = None) -> int:
         """About how many bytes :meth:`prepare` would store for these arguments: 0 when a stored entry has these
         keyframes, else the distinct grid frames of the clips to store (clamped to the frame count the header
-        promises) times the upright frame's ``W * H * 3``. Raises :class:`~ava_pipeline.errors.VideoDecodeError`
+        promises) times the stored frame's ``w * h * 3``. Raises :class:`~ava_pipeline.errors.VideoDecodeError`
         for an unreadable video."""
-        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate)
+        video_path, times, key, prefix = self._key(video_id, video_path, times, fps, num_frames, sampling_rate,
+                                                   short_side)
         entries = self._entries(prefix, key, remove_stale=False)
         if any(set(times) <= frames.known_times for frames in entries):
             return 0
@@ -167,7 +180,8 @@ class FrameStore:
         offsets = range(-(span // 2), span - span // 2, sampling_rate)
         centres = {math.floor(t * Fraction(fps) + Fraction(1, 2)) for t in times}  # round(t * fps), as iter_clips
         used = {min(max(centre + offset, 0), last) for centre in centres for offset in offsets}
-        return len(used) * metadata.width * metadata.height * 3
+        width, height = _stored_size(metadata.width, metadata.height, short_side)
+        return len(used) * width * height * 3
 
     def check_space(self, needed_bytes: int) -> None:
         """Raise :class:`FrameStoreError` when the cache folder's disk has less than ``needed_bytes`` free."""
@@ -180,7 +194,7 @@ class FrameStore:
                                   f"and only {free / 2 ** 30:.1f} GiB are free there; free disk space or choose a "
                                   "cache folder on a larger disk")
 
-    def _key(self, video_id, video_path, times, fps, num_frames, sampling_rate):
+    def _key(self, video_id, video_path, times, fps, num_frames, sampling_rate, short_side):
         """(absolute path, sorted unique times, entry key, entry-name prefix) of a video's entries."""
         video_path = Path(os.path.abspath(video_path))
         times = sorted({Fraction(t) for t in times})
@@ -191,7 +205,7 @@ class FrameStore:
                                    "path") from None
         identity = {"path": str(video_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         settings = {"version": STORE_VERSION, "decoder": decoder_version(), "fps": str(Fraction(fps)),
-                    "num_frames": num_frames, "sampling_rate": sampling_rate}
+                    "num_frames": num_frames, "sampling_rate": sampling_rate, "short_side": short_side}
         prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", video_id)[:80]
         return video_path, times, {"identity": identity, "settings": settings}, prefix
 
@@ -243,7 +257,7 @@ def _load(entry: Path, key: dict) -> Optional[VideoFrames]:
         return None
     if index.get("key") != key:
         return None
-    frames = VideoFrames(entry, tuple(index["shape"]), {Fraction(t): np.asarray(rows, dtype=np.int64)
+    frames = VideoFrames(entry, tuple(index["shape"]), tuple(index["source_size"]), {Fraction(t): np.asarray(rows, dtype=np.int64)
                                                           for t, rows in index["clips"].items()},
                          {Fraction(t): reason for t, reason in index["lost"].items()}, reused=True)
     try:
@@ -253,19 +267,32 @@ def _load(entry: Path, key: dict) -> Optional[VideoFrames]:
     return frames if complete else None
 
 
+def _stored_size(width: int, height: int, short_side: Optional[int]) -> tuple[int, int]:
+    """(w, h) of a stored frame of a ``width`` x ``height`` video: downscaled to ``short_side``, never upscaled."""
+    if short_side is None or min(width, height) <= short_side:
+        return width, height
+    return resized_size(width, height, short_side)
+
+
 def _decode(video_path: Path, directory: Path, times: list, fps: Fraction, num_frames: int,
-            sampling_rate: int) -> dict:
-    """One decoding pass writing the clips' distinct grid frames to ``directory``; returns the index."""
+            sampling_rate: int, short_side: Optional[int]) -> dict:
+    """One decoding pass writing the clips' distinct grid frames (downscaled to ``short_side`` where larger) to
+    ``directory``; returns the index."""
     rows: dict[int, int] = {}
     clips: dict[str, list] = {}
     lost: dict[str, str] = {}
-    shape = None
+    shape = source_size = None
     with open(directory / _FRAMES, "wb") as output:
         try:
             for clip in iter_clips(video_path, times, num_frames=num_frames, sampling_rate=sampling_rate, fps=fps):
                 clip_rows = []
                 for grid_index, image in zip(clip.frame_indices, clip.frame_list):
                     if grid_index not in rows:
+                        if source_size is None:
+                            source_size = [image.shape[1], image.shape[0]]
+                            stored = _stored_size(*source_size, short_side)
+                        if stored != tuple(source_size):
+                            image = cv2.resize(image, stored, interpolation=cv2.INTER_LINEAR)
                         shape = shape or list(image.shape)
                         rows[grid_index] = len(rows)
                         output.write(np.ascontiguousarray(image).data)
@@ -273,4 +300,4 @@ def _decode(video_path: Path, directory: Path, times: list, fps: Fraction, num_f
                 clips[str(Fraction(clip.keyframe_s))] = clip_rows
         except VideoTruncatedError as error:
             lost = {str(Fraction(t)): str(error) for t in error.lost}
-    return {"shape": shape or [0, 0, 3], "clips": clips, "lost": lost}
+    return {"shape": shape or [0, 0, 3], "source_size": source_size or [0, 0], "clips": clips, "lost": lost}

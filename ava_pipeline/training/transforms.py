@@ -89,7 +89,8 @@ def draw_train_augmentation(rng: np.random.Generator, width: int, height: int, *
 
 def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, mean: Sequence[float],
                     std: Sequence[float], alpha: Optional[int], bgr: bool = False,
-                    pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC
+                    pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC,
+                    source_size: Optional[tuple[int, int]] = None, out: Optional[Sequence[torch.Tensor]] = None
                     ) -> tuple[list, np.ndarray]:
     """PySlowFast's AVA train transform of one clip with the choices ``draw``.
 
@@ -99,6 +100,10 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
         draw: from :func:`draw_train_augmentation` for this frame size.
         crop_size, mean, std, alpha, bgr: ``TRAIN_CROP_SIZE``, ``DATA.MEAN`` / ``STD`` (per output channel, [0, 1]
             scale), SlowFast's alpha (None: Slow-only), ``AVA.BGR``.
+        source_size: ``(W, H)`` of the video frames when ``frames`` are a downscaled copy of them (the frame
+            store's training resolution): the boxes, the jittered size, the crop and the float arithmetic follow
+            the source exactly; only the pixels are resized from the copy. None: ``frames`` are the source.
+        out: contiguous float32 tensors shaped as the returned pathways to write them into (slots of a batch).
 
     Returns:
         ``([slow (3, T // alpha, S, S), fast (3, T, S, S)], boxes_px)`` (``[fast]`` alone when ``alpha`` is None),
@@ -106,9 +111,10 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
         output frame, clipped to it.
     """
     first = np.asarray(frames[0])
-    height, width = first.shape[:2]
+    width, height = source_size or (first.shape[1], first.shape[0])
     new_width, new_height = resized_size(width, height, draw.short_side)
     resized = (new_width, new_height) != (width, height)
+    resize_pixels = (new_width, new_height) != (first.shape[1], first.shape[0])
     cropped = not (new_height == crop_size and new_width == crop_size)
     out_height, out_width = (crop_size, crop_size) if cropped else (new_height, new_width)
 
@@ -126,33 +132,42 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
     _clip_boxes(boxes, out_width, out_height)
 
     colour = bool(draw.colour_ops) or draw.pca_alpha is not None
-    clip = torch.empty((len(frames), out_height, out_width, 3), dtype=torch.float32)
-    clip_frames = clip.numpy()
+    pathways = 1 if alpha is None else 2
+    clip = out[-1] if out is not None else torch.empty((3, len(frames), out_height, out_width), dtype=torch.float32)
+    if tuple(clip.shape) != (3, len(frames), out_height, out_width) or not clip.is_contiguous() or (
+            out is not None and len(out) != pathways):
+        raise ValueError(f"out must be {pathways} contiguous tensors, the last (3, {len(frames)}, {out_height}, "
+                         f"{out_width}); got {[tuple(t.shape) for t in out]}")
+    planes = clip.numpy()
+    interleaved = np.empty((len(frames) if colour else 1, out_height, out_width, 3), np.float32)
     lut = None if colour else normalization_table(mean, std, resized=resized)
     for index in range(len(frames)):
         image = np.asarray(frames[index])
-        if resized:
+        if resize_pixels:
             image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
         if cropped:
             image = image[draw.crop_y:draw.crop_y + crop_size, draw.crop_x:draw.crop_x + crop_size]
         if draw.flip:
-            image = image[:, ::-1]
+            image = cv2.flip(image, 1)  # about the vertical axis: image[:, ::-1], in one contiguous pass
         if colour:
-            clip_frames[index] = image  # scaled and jittered below, for the whole clip at once
+            interleaved[index] = image  # scaled and jittered below, for the whole clip at once
         else:
             if bgr:
                 image = image[:, :, ::-1]
-            cv2.LUT(np.ascontiguousarray(image), lut, dst=clip_frames[index])
+            cv2.LUT(np.ascontiguousarray(image), lut, dst=interleaved[0])
+            cv2.mixChannels([interleaved[0]], [planes[0, index], planes[1, index], planes[2, index]],
+                            [0, 0, 1, 1, 2, 2])  # (H, W, 3) -> the three (H, W) planes of frame ``index``
     if colour:
-        _colour_augment(clip_frames, draw, resized=resized, eigval=pca_eigval, eigvec=pca_eigvec)
+        _colour_augment(interleaved, draw, resized=resized, eigval=pca_eigval, eigvec=pca_eigvec)
         if bgr:
-            clip_frames[...] = clip_frames[..., ::-1].copy()
+            interleaved = interleaved[..., ::-1]
         mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        np.subtract(clip_frames, mean32, out=clip_frames)
-        np.divide(clip_frames, std32, out=clip_frames)
-    fast = clip.permute(3, 0, 1, 2)
-    inputs = [fast] if alpha is None else [fast.index_select(1, slow_indices(len(frames), alpha)), fast]
-    return inputs, boxes.astype(np.float32)
+        np.subtract(interleaved, mean32, out=planes.transpose(1, 2, 3, 0))
+        np.divide(planes, std32[:, None, None, None], out=planes)
+    if alpha is None:
+        return [clip], boxes.astype(np.float32)
+    slow = torch.index_select(clip, 1, slow_indices(len(frames), alpha), **({"out": out[0]} if out else {}))
+    return [slow, clip], boxes.astype(np.float32)
 
 
 def _colour_augment(clip: np.ndarray, draw: TrainDraw, *, resized: bool, eigval, eigvec) -> None:
@@ -193,10 +208,11 @@ def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
 
 
 def inference_transform(frames, boxes_normalized, *, test_size: int, mean: Sequence[float], std: Sequence[float],
-                   alpha: Optional[int], bgr: bool = False) -> tuple[list, np.ndarray]:
+                        alpha: Optional[int], bgr: bool = False, source_size: Optional[tuple[int, int]] = None
+                        ) -> tuple[list, np.ndarray]:
     """The inference transform (short side to ``test_size``, no crop, no flip): the tensors of
     :func:`~ava_pipeline.preprocess.preprocess_clip` without the batch dimension, ``(3, T_p, H', W')`` float32,
-    and the (K, 4) float32 boxes in input pixels."""
+    and the (K, 4) float32 boxes in input pixels. ``source_size``: as in ``preprocess_clip``."""
     inputs, boxes_px = preprocess_clip(frames, boxes_normalized, test_size=test_size, mean=mean, std=std,
-                                       alpha=alpha, bgr=bgr)
+                                       alpha=alpha, bgr=bgr, source_size=source_size)
     return [tensor[0] for tensor in inputs], boxes_px
