@@ -1,5 +1,7 @@
 """ava-train's command line: settings from our YAML and PySlowFast's, and the bad-input battery (exit 2 with one
 line naming the file, before training and before anything is written to --out)."""
+import json
+
 import pytest
 import torch
 import yaml
@@ -181,3 +183,20 @@ def test_packaged_configs_carry_pyslowfasts_ava_training_recipe():
         assert (settings.batch_size, settings.solver.max_epoch, settings.solver.lr_policy) == (
             64, 20, "steps_with_relative_lrs"), name
         assert settings.solver.steps == (0, 10, 15, 20) and settings.solver.weight_decay == 1e-7, name
+
+
+def test_full_resolution_frames_is_a_setting_the_flag_and_the_file_both_set(setup, tmp_path):
+    settings = load_train_settings(setup["config"])
+    assert not settings.augmentation.full_resolution_frames
+    assert with_overrides(settings, full_resolution_frames=True).augmentation.full_resolution_frames
+
+    def stored_short_sides(run):
+        return sorted({json.loads(entry.read_text())["key"]["settings"]["short_side"] or 0
+                       for entry in (run / "frames").glob("*/index.json")})
+
+    assert main(_args(setup, tmp_path / "compact", "--epochs", "1")) == 0
+    assert main(_args(setup, tmp_path / "full", "--epochs", "1", "--full-resolution-frames")) == 0
+    jitter_max = settings.augmentation.train_jitter_scales[1]
+    assert stored_short_sides(tmp_path / "compact") == [jitter_max] and stored_short_sides(tmp_path / "full") == [0]
+    effective = yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())
+    assert effective["train"]["augmentation"]["full_resolution_frames"] is True

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-augment", action="store_true",
                         help="test-time transform (short side to DATA.TEST_CROP_SIZE, no crop, no flip)")
     parser.add_argument("--no-shuffle", action="store_true", help="samples in video/time order every epoch")
+    parser.add_argument("--full-resolution-frames", action="store_true",
+                        help="keep the decoded frames at their own resolution in RUN/frames (the augmented clips "
+                        "are then PySlowFast's transform of them bit for bit; default: stored downscaled to the "
+                        "largest jitter scale, about 4x less disk and faster epochs for 720p)")
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
                         help="DataLoader worker processes and parallel videos when preparing frames (default 0)")
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
           val_exclusions=args.val_exclusions, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
           seed=args.seed, augment=False if args.no_augment else None,
           shuffle=False if args.no_shuffle else None, device=args.device,
+          full_resolution_frames=True if args.full_resolution_frames else None,
           workers=args.workers, quiet=args.quiet, head_only=args.head_only)
     return 0
 

@@ -83,6 +83,17 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def training_loader(dataset, sampler, collate, *, batch_size: int, workers: int, pin_memory: bool = False,
+                    seed: int = 0) -> torch.utils.data.DataLoader:
+    """The run's DataLoader: batches of ``batch_size`` (last partial one dropped) in ``sampler``'s order, from
+    ``workers`` processes that persist across epochs (the sampler hands them the epoch with each index; a dataset
+    with ``__getitems__`` assembles each batch in the worker, in shared memory)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                                       persistent_workers=workers > 0,
+                                       generator=torch.Generator().manual_seed(epoch_seed(seed, 0) + 1))
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, settings: TrainSettings, *,
         start_epoch: int, device: torch.device, workers: int, hooks: LoopHooks, job=None) -> None:
     """Train epochs ``start_epoch .. max_epoch - 1`` (0-based) on ``dataset`` (module docstring). ``job``: this
@@ -97,13 +108,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
         per_process = sampler.per_process
     iterations = len(dataset) // settings.batch_size
     step = start_epoch * iterations
+    loader = training_loader(dataset, sampler, collate, batch_size=per_process or settings.batch_size,
+                             workers=workers, pin_memory=device.type == "cuda", seed=settings.seed)
     for epoch in range(start_epoch, solver.max_epoch):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=per_process or settings.batch_size, sampler=sampler, drop_last=True,
-            num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(epoch_seed(settings.seed, epoch) + 1))
         model.train()
         if settings.frozen_bn:
             freeze_batchnorm(model)

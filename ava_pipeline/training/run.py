@@ -141,12 +141,13 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
           val_exclusions: Optional[str | Path] = None, epochs: Optional[int] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
           augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0,
-          quiet: bool = False, head_only: bool = False,
+          quiet: bool = False, head_only: bool = False, full_resolution_frames: Optional[bool] = None,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) an AVA action model from movie files; see ``ava-train --help`` for every argument and
     the module docstring for what ``out`` receives. Flags override the config: ``epochs`` = SOLVER.MAX_EPOCH,
     ``batch_size`` = TRAIN.BATCH_SIZE, ``lr`` = SOLVER.BASE_LR, ``seed`` = RNG_SEED, ``augment`` / ``shuffle``
-    (None: the config's ``train.augment`` / ``train.shuffle``, default True). ``say`` receives the
+    (None: the config's ``train.augment`` / ``train.shuffle``, default True), ``full_resolution_frames`` (None:
+    the config's ``train.augmentation.full_resolution_frames``, default False). ``say`` receives the
     run's summary lines (default: stderr). Launched by torchrun, every process calls it and trains its share
     (``ava_pipeline.training.distributed``); only rank 0 writes ``out`` and says anything. ``head_only``: the
     backbone stays frozen and only the head trains, on pooled RoI features computed once and cached in
@@ -158,7 +159,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     device = distributed.process_device(device, job)
     model_cfg = load_config(config)
     settings = with_overrides(load_train_settings(config), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                              augment=augment, shuffle=shuffle)
+                              augment=augment, shuffle=shuffle, full_resolution_frames=full_resolution_frames)
     per_process_batch(settings.batch_size, job)
     if head_only and job is not None:
         raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
@@ -251,6 +252,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                              train_crop_size=augmentation.train_crop_size, random_flip=augmentation.random_flip,
                              colour_jitter=augmentation.colour_jitter, pca_jitter_only=augmentation.pca_jitter_only,
                              pca_eigval=augmentation.pca_eigval, pca_eigvec=augmentation.pca_eigvec,
+                             full_resolution_frames=augmentation.full_resolution_frames,
                              augment=settings.augment and not head_only, seed=settings.seed, **common)
     prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
     say(prepared.summary())

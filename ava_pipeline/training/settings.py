@@ -68,6 +68,9 @@ class AugmentationSettings:
     pca_eigval: tuple[float, float, float] = (0.225, 0.224, 0.229)
     pca_eigvec: tuple[tuple[float, float, float], ...] = (
         (-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+    # the frame store keeps decoded frames as they are (PySlowFast's resize of them, bit for bit) instead of
+    # downscaled to the largest jitter scale (4x less disk and 1.5x faster epochs at 720p; pixels resized twice)
+    full_resolution_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,15 @@ def load_train_settings(source: str | Path) -> TrainSettings:
 
 def with_overrides(settings: TrainSettings, *, epochs: Optional[int] = None, batch_size: Optional[int] = None,
                    lr: Optional[float] = None, seed: Optional[int] = None, augment: Optional[bool] = None,
-                   shuffle: Optional[bool] = None, source: str = "command line") -> TrainSettings:
+                   shuffle: Optional[bool] = None, full_resolution_frames: Optional[bool] = None,
+                   source: str = "command line") -> TrainSettings:
     """``settings`` with command-line values put in: ``epochs`` = SOLVER.MAX_EPOCH, ``batch_size`` =
-    TRAIN.BATCH_SIZE, ``lr`` = SOLVER.BASE_LR, ``seed`` = RNG_SEED; None keeps the file's value."""
+    TRAIN.BATCH_SIZE, ``lr`` = SOLVER.BASE_LR, ``seed`` = RNG_SEED, ``full_resolution_frames`` =
+    ``augmentation.full_resolution_frames``; None keeps the file's value."""
     solver = settings.solver
+    if full_resolution_frames is not None:
+        settings = dataclasses.replace(settings, augmentation=dataclasses.replace(
+            settings.augmentation, full_resolution_frames=full_resolution_frames))
     if epochs is not None:
         solver = dataclasses.replace(solver, max_epoch=epochs)
     if lr is not None:
