@@ -73,6 +73,7 @@ def add_arguments(parser):
     parser.add_argument("--loader", action="store_true", help="only the training data path on a 720p H.264 movie "
                         "in random order: first and later epochs, 1 and 2 workers, disk (benchmarks/train_loader.py)")
     parser.add_argument("--loader-seconds", type=int, default=20, help="length of the --loader movie")
+    parser.add_argument("--loader-movies", type=int, default=4, help="copies of the --loader movie (videos)")
     parser.add_argument("--loader-workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to measure")
 
 
