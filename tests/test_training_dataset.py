@@ -347,3 +347,13 @@ def test_disk_space_is_estimated_and_checked_before_decoding(movies, tmp_path, m
                                                             r"and only 0.0 GiB are free"):
         dataset.prepare()
     assert not (tmp_path / "other-cache").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_a_pinned_batch_keeps_its_values(movies, tmp_path):
+    dataset = make_dataset(movies, tmp_path / "cache")
+    dataset.prepare()
+    batch = dataset.__getitems__([0, 1])
+    pinned = batch.pin_memory()
+    assert all(t.is_pinned() for t in pinned.inputs + [pinned.boxes, pinned.labels])
+    assert all(torch.equal(a, b) for a, b in zip(pinned.inputs, batch.inputs)) and pinned.keys == batch.keys

@@ -13,6 +13,8 @@ that runs are comparable), then runs, each as its own process:
    checkpoint equals run 1's within GPU float noise (cuDNN's backward is not bit-deterministic);
 3. with G >= 2 also ``BN.NORM_TYPE: sync_batchnorm`` (``BN.GLOBAL_SYNC``) with train-mode BN: it trains and
    writes a checkpoint with the plain BatchNorm key names.
+4. with augmentation and ``--workers 2``: batches assembled in the workers' shared memory, pinned by the
+   DataLoader (``TrainingBatch.pin_memory``) and copied asynchronously: it trains to a finite loss.
 
 Prints one line per verified fact and exits non-zero at the first failure.
 """
@@ -164,6 +166,16 @@ def main() -> int:
                   "SyncBatchNorm trained (statistics updated) and saved under BatchNorm key names")
         else:
             print("skipped: SyncBatchNorm across GPUs (one GPU visible)")
+        workers = folder / "workers"
+        command = [a for a in train_arguments(folder, data, "tiny.yaml", workers) if a != "--no-augment"]
+        run([sys.executable] + command + ["--workers", "2"], f"augmented, --workers 2, --device {DEVICE}")
+        losses = [s["loss"] for s in records(workers, "iteration")]
+        check(len(losses) == 4 and all(v == v and v < 100 for v in losses),
+              f"augmented clips from 2 workers train: losses {[round(v, 4) for v in losses]}")
+        if DEVICE == "cuda":
+            from ava_pipeline.training.dataset import TrainingBatch
+            batch = TrainingBatch([torch.ones(2, 3)], torch.zeros(1, 5), torch.zeros(1, 2), torch.zeros(1, 4), [], [])
+            check(all(t.is_pinned() for t in batch.pin_memory().inputs), "TrainingBatch.pin_memory pins the inputs")
         print(f"done: all checks passed on {DEVICE} ({gpus} GPU(s) visible)")
     return 0
 

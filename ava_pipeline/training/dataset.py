@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -269,6 +269,12 @@ class TrainingBatch:
     ori_boxes: torch.Tensor
     keys: list
     indices: list
+
+    def pin_memory(self) -> "TrainingBatch":
+        """The batch with its tensors in page-locked memory (the DataLoader's ``pin_memory`` thread calls this for
+        CUDA training, so that the copies to the GPU run asynchronously)."""
+        return replace(self, inputs=[tensor.pin_memory() for tensor in self.inputs], boxes=self.boxes.pin_memory(),
+                       labels=self.labels.pin_memory())
 
 
 def collate(items: Sequence[dict]) -> TrainingBatch:
