@@ -255,6 +255,12 @@ def test_store_reuses_entries_and_invalidates_them_when_the_video_changes(movies
     index = json.loads((entry / "index.json").read_text())
     assert index["key"]["identity"]["size"] == os.path.getsize(folder / "beta.mkv")
     assert (entry / "frames.u8").stat().st_size > 100
+    index["key"]["settings"]["version"] = 1  # written by an older release: never used again, so removed
+    (entry / "index.json").write_text(json.dumps(index))
+    del other_clip
+    gc.collect()
+    make_dataset(movies, cache, augment=False).prepare()
+    assert not entry.exists() and len(list(cache.iterdir())) == 3
 
 
 def test_damaged_and_missing_frames_drop_their_samples_with_a_report(tmp_path, caplog):

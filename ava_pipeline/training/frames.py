@@ -14,14 +14,15 @@ window of one clip; the disk holds ``h * w * 3`` bytes per distinct grid frame u
 second uses every other grid frame: 15 frames a second at 30 fps).
 
 An entry is keyed by the video file (absolute path, size, modification time), the decoder version and the
-clip settings (fps, frames, sampling rate, stored short side), and holds the clips of a set of keyframes. A request is served by
-an entry that has all its keyframes; otherwise one decoding pass stores a new entry with the requested
-keyframes and those of the video's other entries (so the training and validation keyframes of one video end
-up in one entry, and an edited annotation file does not leave old entries behind). Entries superseded that
-way, and entries of an older version of the file (size or time differ), are removed unless a live dataset of
-this process uses them (then at a later prepare). Entries are written under a temporary name and renamed when
-complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry
-records which keyframes decoding could not produce and why, so a reuse reports them again.
+clip settings (fps, frames, sampling rate, stored short side), and holds the clips of a set of keyframes. A
+request is served by an entry that has all its keyframes; otherwise one decoding pass stores a new entry with the
+requested keyframes and those of the video's entries with the same key (so datasets with the same settings, e.g.
+training and validation without augmentation, share one entry per video, and an edited annotation file does not
+leave old entries behind). Entries superseded that way, entries of an older version of the file (size or time
+differ) and entries this code cannot use (another store format or decoder version) are removed unless a live
+dataset of this process uses them (then at a later prepare). Entries are written under a temporary name and
+renamed when complete, so an interrupted run leaves no entry that looks valid. A damaged video's entry records
+which keyframes decoding could not produce and why, so a reuse reports them again.
 :meth:`FrameStore.missing_bytes` estimates an entry's size from the video's header, so that a run can check
 the free disk space (:meth:`FrameStore.check_space`) before it decodes anything.
 """
@@ -211,19 +212,23 @@ class FrameStore:
 
     def _entries(self, prefix: str, key: dict, *, remove_stale: bool = True) -> list:
         """The complete entries of this video file and settings; with ``remove_stale``, entries of an older
-        version of the file (size or time differ) are removed, unless this process uses them."""
+        version of the file (size or time differ) or of another store format or decoder are removed, unless this
+        process uses them."""
         entries = []
         for entry in sorted(self.cache_dir.glob(f"{_glob_escape(prefix)}-*")):
             try:
                 entry_key = json.loads((entry / _INDEX).read_text(encoding="utf-8"))["key"]
                 same_file = entry_key["identity"]["path"] == key["identity"]["path"]
-            except (OSError, ValueError, KeyError, TypeError):
+                unreadable = any(entry_key["settings"].get(name) != key["settings"][name]
+                                 for name in ("version", "decoder"))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
             if entry_key == key:
                 frames = _load(entry, key)
                 if frames is not None:
                     entries.append(frames)
-            elif remove_stale and same_file and entry_key["identity"] != key["identity"] and not _in_use(entry):
+            elif (remove_stale and same_file and (entry_key["identity"] != key["identity"] or unreadable)
+                  and not _in_use(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
         return entries
 
