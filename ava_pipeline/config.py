@@ -470,13 +470,16 @@ def load_config(source: str | Path) -> ActionModelConfig:
     return cfg
 
 
-def model_action_ids(cfg: ActionModelConfig) -> tuple[int, ...]:
-    """Action id of each output column of the model: the ids of ``cfg.label_map`` in file order when it has
-    ``num_classes`` entries (a model trained on one's own label map), else ``column + 1`` (AVA's 80 actions)."""
-    ids = tuple(read_label_map(cfg.label_map))
-    if len(ids) == cfg.model.num_classes:
-        return ids
-    return tuple(range(1, cfg.model.num_classes + 1))
+def model_actions(cfg: ActionModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(id, name) of each output column of the model, as two tuples: the entries of ``cfg.label_map`` in file
+    order when it has ``num_classes`` of them (a model trained on one's own label map), else ids ``column + 1``
+    with AVA's names ("" past AVA's 80)."""
+    label_map = read_label_map(cfg.label_map)
+    if len(label_map) == cfg.model.num_classes:
+        return tuple(label_map), tuple(label_map.values())
+    ava = read_label_map(ActionModelConfig.label_map)
+    ids = tuple(range(1, cfg.model.num_classes + 1))
+    return ids, tuple(ava.get(action_id, "") for action_id in ids)
 
 
 def dump_config(cfg: ActionModelConfig) -> str:

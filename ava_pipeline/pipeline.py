@@ -234,10 +234,10 @@ class ActionDetector:
         self.prefetch = prefetch
         self.keyframes = keyframes
         self.model_source, self.config, load = self._action_model_source(model, config, weights, runtime, onnx)
-        from .config import model_action_ids
+        from .config import model_actions
 
-        self.action_ids = model_action_ids(self.config)
-        """Action id of each output column of the model (its config's label map)."""
+        self.action_ids, self.action_names = model_actions(self.config)
+        """Action id and name of each output column of the model (its config's label map)."""
         self.box_thresh = self.config.box_thresh if box_thresh is None else float(box_thresh)
         self.detector = self._person_detector(detector, boxes, box_thresh, self._settings["detector_options"])
         self.detector_backend = getattr(self.detector, "backend", type(self.detector).__name__)
@@ -511,7 +511,8 @@ class ActionDetector:
                 box_scores=np.asarray(persons.scores, dtype=np.float32).reshape(-1),
                 probs=np.zeros((len(boxes) if self.persons_only else 0,
                                 0 if self.persons_only else self.config.model.num_classes), dtype=np.float32),
-                keyframe_image=prepared.keyframe_image, action_ids=self.action_ids))
+                keyframe_image=prepared.keyframe_image, action_ids=self.action_ids,
+                action_names=self.action_names))
             if len(boxes) and not self.persons_only:
                 item.inputs = prepared.inputs
                 item.boxes_px = boxes_to_input_pixels(boxes, width, height, test_size)

@@ -19,8 +19,7 @@ import numpy as np
 
 from .ava_csv import exact_seconds, format_seconds
 from .errors import VideoDecodeError
-from .labels import AVA_ACTIONS
-from .writers import OutputStats, action_id, atomic_output, open_output_sink
+from .writers import OutputStats, atomic_output, open_output_sink
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import KeyframeResult
@@ -46,13 +45,12 @@ class _Annotation:
     colors: Optional[list[int]] = None
 
 
-def _annotation(result: "KeyframeResult", top_k: int, labels: dict[int, str]) -> _Annotation:
+def _annotation(result: "KeyframeResult", top_k: int) -> _Annotation:
     captions = []
     for scores in result.probs:
         best = np.argsort(-scores, kind="stable")[:top_k]
-        ids = [action_id(result, int(c)) for c in best]
-        captions.append([f"{short_action_name(labels.get(i, str(i)))} {float(scores[c]):.2f}"
-                         for i, c in zip(ids, best)])
+        captions.append([f"{short_action_name(result.action_name(int(c)) or str(result.action_id(int(c))))} "
+                         f"{float(scores[c]):.2f}" for c in best])
     colors = None
     if result.person_id is not None:  # tracked: a person keeps its colour, its id heads its caption
         colors = [int(person_id) - 1 for person_id in result.person_id]
@@ -125,13 +123,11 @@ class RenderSink:
     else MPEG-4 part 2.
     """
 
-    def __init__(self, video_path: str | Path, mp4_path: str | Path, png_dir: str | Path, *, top_k: int = 3,
-                 labels: dict[int, str] = AVA_ACTIONS):
+    def __init__(self, video_path: str | Path, mp4_path: str | Path, png_dir: str | Path, *, top_k: int = 3):
         self.video_path = Path(video_path)
         self.mp4_path = Path(mp4_path)
         self.png_dir = Path(png_dir)
         self.top_k = top_k
-        self.labels = labels
         self._annotations: list[_Annotation] = []
 
     def __enter__(self):
@@ -145,7 +141,7 @@ class RenderSink:
     def add(self, result: "KeyframeResult") -> None:
         import cv2
 
-        annotation = _annotation(result, self.top_k, self.labels)
+        annotation = _annotation(result, self.top_k)
         self._annotations.append(annotation)
         picture = draw_annotation(result.keyframe_image, annotation.boxes, annotation.captions, annotation.colors)
         png_path = self.png_dir / keyframe_png_name(result.video_id, result.timestamp)

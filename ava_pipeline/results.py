@@ -10,6 +10,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
+from .labels import AVA_ACTIONS, action_id_of_column
+
 
 @dataclass
 class KeyframeResult:
@@ -18,8 +20,9 @@ class KeyframeResult:
     ``boxes`` float32 (K, 4) are normalized ``x1, y1, x2, y2`` in [0, 1] of the keyframe image (top-left
     origin), as the detector gave them; ``box_strings`` holds the box file's original coordinate text per box
     for precomputed boxes (written verbatim to the CSV), else None. ``box_scores`` float32 (K,) are the
-    detector scores. ``probs`` float32 (K, C): column ``c`` is the probability of action id ``action_ids[c]``
-    (AVA's 80 actions: ``c + 1``; a model trained on its own label map: that map's ids in file order).
+    detector scores. ``probs`` float32 (K, C): column ``c`` is the probability of action id ``action_ids[c]``,
+    named ``action_names[c]`` (AVA's 80 actions: ``c + 1`` and AVA's names; a model trained on its own label map:
+    that map's ids and names in file order); :meth:`action_id` / :meth:`action_name` read them.
     ``keyframe_image`` uint8 (H, W, 3) RGB is the frame at the keyframe on the fps grid (for rendering).
     ``person_id`` int64 (K,): with tracking (``ActionDetector(tracks=True)``), each box's person, stable across
     the video's keyframes while the person stays in view (:mod:`ava_pipeline.tracking`); else None.
@@ -40,12 +43,21 @@ class KeyframeResult:
     probs: np.ndarray
     keyframe_image: np.ndarray = field(repr=False)
     action_ids: tuple[int, ...] = ()  # action id of each probs column; empty: column c is id c + 1
+    action_names: tuple[str, ...] = ()  # name of each probs column; empty: AVA's name of its id
     person_id: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def num_persons(self) -> int:
         return len(self.boxes)
+
+    def action_id(self, column: int) -> int:
+        """Action id of probs column ``column`` (the model's label map's; AVA: ``column + 1``)."""
+        return self.action_ids[column] if self.action_ids else action_id_of_column(column)
+
+    def action_name(self, column: int) -> str:
+        """Name of probs column ``column`` (the model's label map's; else AVA's, "" for an id AVA lacks)."""
+        return self.action_names[column] if self.action_names else AVA_ACTIONS.get(self.action_id(column), "")
 
 
 class KeptBeforeDamage:

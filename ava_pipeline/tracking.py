@@ -408,6 +408,7 @@ class ActionSegment:
     video_id: str
     person_id: int
     action_id: int
+    action_name: str  # from the model's label map (as in the JSONL)
     start: object
     end: object
     peak_score: float
@@ -451,12 +452,13 @@ class SegmentBuilder:
                         span.update(last_index=self._index, end=result.timestamp, kept=len(span["scores"]))
                 elif score >= self.thresh:
                     self._open[(person, column)] = {"start": result.timestamp, "end": result.timestamp,
-                                                    "last_index": self._index, "scores": [score], "kept": 1}
+                                                    "last_index": self._index, "scores": [score], "kept": 1,
+                                                    "action": (result.action_id(column), result.action_name(column))}
 
     def _close(self, key: tuple[int, int]) -> None:
         span = self._open.pop(key)
         scores = span["scores"][:span["kept"]]  # up to the last keyframe above the threshold
-        self._closed.append(ActionSegment(self._video_id, key[0], key[1] + 1, span["start"], span["end"],
+        self._closed.append(ActionSegment(self._video_id, key[0], *span["action"], span["start"], span["end"],
                                           max(scores), float(np.mean(scores))))
 
     def segments(self) -> list[ActionSegment]:

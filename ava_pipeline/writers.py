@@ -4,8 +4,8 @@ Every writer consumes an iterable of keyframe results (:class:`ava_pipeline.resu
 only through its attributes: ``video_id``, ``timestamp``, ``pts``, ``pts_time``, ``image_size`` (width,
 height), ``boxes`` float32 (K, 4) normalized ``x1, y1, x2, y2`` in [0, 1] with a top-left origin,
 ``box_strings`` (the box file's original coordinate text per box, or None), ``box_scores`` float32 (K,),
-``probs`` float32 (K, C) where column ``c`` is action id ``action_ids[c]`` (``c + 1`` for AVA's 80), and
-``keyframe_image`` uint8 (H, W, 3) RGB) and streams.
+``probs`` float32 (K, C) where column ``c`` is action ``result.action_id(c)`` named ``result.action_name(c)``
+(``c + 1`` and AVA's names for AVA's 80), and ``keyframe_image`` uint8 (H, W, 3) RGB) and streams.
 
 Files appear atomically: they are written under a temporary name in the destination folder and renamed
 into place, so an interrupted run never leaves a truncated file that looks complete.
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from .ava_csv import format_seconds, seconds_value
-from .labels import AVA_ACTIONS, action_id_of_column
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -80,12 +79,6 @@ def box_texts(result: "KeyframeResult") -> list[tuple[str, str, str, str]]:
     return [tuple(format_coordinate(v) for v in box) for box in result.boxes]
 
 
-def action_id(result: "KeyframeResult", column: int) -> int:
-    """Action id of output column ``column`` of ``result``'s model (its label map's; AVA: ``column + 1``)."""
-    ids = getattr(result, "action_ids", ())
-    return ids[column] if ids else action_id_of_column(column)
-
-
 def _kept_columns(scores: np.ndarray, min_score: Optional[float]) -> np.ndarray:
     """Indices of the action columns (0-based) whose score is kept."""
     if min_score is None:
@@ -98,7 +91,7 @@ def _kept_columns(scores: np.ndarray, min_score: Optional[float]) -> np.ndarray:
 def detection_rows(result: "KeyframeResult", min_score: Optional[float] = None) -> Iterator[list[str]]:
     """CSV rows of one keyframe: per person box and action (all of the model's unless below ``min_score``)."""
     columns = result.probs.shape[1] if result.probs.ndim == 2 else 0
-    ids = result.action_ids or [action_id_of_column(column) for column in range(columns)]
+    ids = [result.action_id(column) for column in range(columns)]
     return keyframe_rows(result.video_id, result.timestamp, box_texts(result), result.probs, ids, min_score)
 
 
@@ -148,7 +141,7 @@ def detections_dataframe(results: Iterable["KeyframeResult"], *,
             columns["timestamp"].extend([timestamp] * count)
             for name, text in zip(("x1", "y1", "x2", "y2"), texts):
                 columns[name].extend([float(text)] * count)
-            columns["action_id"].extend(action_id(result, int(c)) for c in kept)
+            columns["action_id"].extend(result.action_id(int(c)) for c in kept)
             columns["score"].extend(scores[kept].astype(np.float64).tolist())
     frame = pandas.DataFrame(columns, columns=list(DETECTION_COLUMNS))
     return frame.astype({"video_id": str, "x1": float, "y1": float, "x2": float, "y2": float,
@@ -162,8 +155,7 @@ def _number(value) -> float:
     return float(format_coordinate(value))
 
 
-def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = None,
-                    labels: dict[int, str] = AVA_ACTIONS) -> dict:
+def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = None) -> dict:
     """One JSON object for a keyframe: time, frame pts, image size and per person the normalized and
     pixel box, the detector score and the actions sorted by decreasing score (pruned by ``min_score``);
     with tracking, each person's ``person_id`` comes first."""
@@ -174,7 +166,7 @@ def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = No
         pixels = [round(float(v) * size, 2) for v, size in zip(box, (width, height, width, height))]
         kept = _kept_columns(scores, min_score)
         ordered = kept[np.argsort(-scores[kept], kind="stable")]
-        actions = [{"id": action_id(result, int(c)), "name": labels.get(action_id(result, int(c)), ""),
+        actions = [{"id": result.action_id(int(c)), "name": result.action_name(int(c)),
                     "score": round(float(scores[c]), 6)} for c in ordered]
         persons.append({"box": normalized, "box_px": pixels, "detector_score": round(float(box_score), 6),
                         "actions": actions})
@@ -268,11 +260,11 @@ def open_output_sink(path: str | Path, output_format: str, *, min_score: Optiona
 
 # ---------------------------------------------------------------------------------------------- segments
 
-def segment_rows(segments: Iterable["ActionSegment"], labels: dict[int, str] = AVA_ACTIONS) -> Iterator[list[str]]:
+def segment_rows(segments: Iterable["ActionSegment"]) -> Iterator[list[str]]:
     """Rows of the segments CSV (:data:`ava_pipeline.tracking.SEGMENT_COLUMNS`): times as in the detections
-    CSV, scores with 6 decimals, the action's name from the label map."""
+    CSV, scores with 6 decimals, the action's name from the model's label map."""
     for segment in segments:
-        yield [segment.video_id, str(segment.person_id), str(segment.action_id), labels.get(segment.action_id, ""),
+        yield [segment.video_id, str(segment.person_id), str(segment.action_id), segment.action_name,
                format_seconds(segment.start), format_seconds(segment.end), f"{segment.peak_score:.6f}",
                f"{segment.mean_score:.6f}"]
 

@@ -239,8 +239,8 @@ def test_pyslowfast_values_parse_as_yacs_literals(tmp_path):
     assert cfg.model.num_classes == 80
 
 
-def test_label_map_beside_the_config_gives_the_output_ids(tmp_path):
-    from ava_pipeline.config import model_action_ids
+def test_label_map_beside_the_config_gives_the_output_ids_and_names(tmp_path):
+    from ava_pipeline.config import model_actions
     from ava_pipeline.labels import write_label_map
 
     write_label_map({11: "sit", 12: "stand", 14: "walk"}, tmp_path / "labelmap.pbtxt")
@@ -248,8 +248,9 @@ def test_label_map_beside_the_config_gives_the_output_ids(tmp_path):
                                           "train: {batch_size: 2}\n", encoding="utf-8")
     cfg = load_config(tmp_path / "config.yaml")
     assert Path(cfg.label_map) == tmp_path / "labelmap.pbtxt"
-    assert model_action_ids(cfg) == (11, 12, 14)
-    assert model_action_ids(load_config("SLOWFAST_32x2_R101_50_50")) == tuple(range(1, 81))
+    assert model_actions(cfg) == ((11, 12, 14), ("sit", "stand", "walk"))
+    ids, names = model_actions(load_config("SLOWFAST_32x2_R101_50_50"))
+    assert ids == tuple(range(1, 81)) and names[0] == "bend/bow (at the waist)" and len(names) == 80
 
 
 def test_num_classes_contradicting_the_label_map_is_an_error(tmp_path):

@@ -5,6 +5,7 @@ Identity is scored with the MOTChallenge metrics (ID switches, IDF1: ``tests/mot
 pipeline as a precomputed box file, each keyframe's boxes in a shuffled order; the action model is the tiny
 random SlowFast of ``tests/pipeline_fixtures.py``, so appearance comes from its real RoI features.
 """
+import dataclasses
 import json
 import random
 
@@ -381,7 +382,7 @@ def test_rendering_colours_each_person_by_id_and_captions_the_id():
     colours = []
     for order in ([0, 1], [1, 0]):  # the same two people, their boxes listed in the other order
         result = keyframe(1, [image_boxes[i] for i in order], [[0.9, 0.1, 0.2]] * 2, person_id=[ids[i] for i in order])
-        annotation = _annotation(result, 1, {1: "bend"})
+        annotation = _annotation(dataclasses.replace(result, action_names=("bend", "b", "c")), 1)
         assert annotation.captions == [[f"person {ids[i]}", "bend 0.90"] for i in order]
         picture = draw_annotation(np.full((120, 160, 3), 128, np.uint8), annotation.boxes, annotation.captions,
                                   annotation.colors)

@@ -178,3 +178,27 @@ def test_render_writes_pngs_and_a_video_with_the_source_frame_count(tmp_path):
     plain = np.full((64, 96, 3), 0, dtype=np.uint8)  # frame 0 is black and at 0 s, outside any keyframe's reach
     assert np.abs(frames[0].astype(int) - plain).max() < 12
     assert np.abs(frames[30].astype(int) - (30 * 7) % 255).max() > 60, "frame at 1 s carries annotations"
+
+
+def test_a_models_own_label_map_names_its_columns_in_every_output(tmp_path):
+    import dataclasses
+
+    from ava_pipeline.render import _annotation
+    from ava_pipeline.tracking import SegmentBuilder
+    from ava_pipeline.writers import segment_rows
+
+    own = dataclasses.replace(make_result(boxes=[(0.1, 0.2, 0.5, 0.9)]), probs=np.array([[0.2, 0.9, 0.6]], np.float32),
+                              action_ids=(11, 101, 102), action_names=("sit", "wave hands", "juggle"),
+                              person_id=np.array([3]))
+    write_jsonl([own], tmp_path / "own.jsonl")
+    actions = json.loads((tmp_path / "own.jsonl").read_text())["persons"][0]["actions"]
+    assert [(a["id"], a["name"]) for a in actions] == [(101, "wave hands"), (102, "juggle"), (11, "sit")]
+    write_csv([own], tmp_path / "own.csv")
+    assert [row[6] for row in read_rows(tmp_path / "own.csv")] == ["11", "101", "102"]
+    assert _annotation(own, 2).captions == [["person 3", "wave hands 0.90", "juggle 0.60"]]
+    segmenter = SegmentBuilder(thresh=0.5)
+    segmenter.add(own)
+    assert [row[2:4] for row in segment_rows(segmenter.segments())] == [["101", "wave hands"], ["102", "juggle"]]
+    ava = make_result()  # no label map of its own: AVA's ids and names
+    assert (ava.action_id(0), ava.action_name(0), ava.action_name(79)) == \
+        (1, "bend/bow (at the waist)", "watch (a person)")

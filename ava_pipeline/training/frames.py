@@ -262,9 +262,9 @@ def _load(entry: Path, key: dict) -> Optional[VideoFrames]:
         return None
     if index.get("key") != key:
         return None
-    frames = VideoFrames(entry, tuple(index["shape"]), tuple(index["source_size"]), {Fraction(t): np.asarray(rows, dtype=np.int64)
-                                                          for t, rows in index["clips"].items()},
-                         {Fraction(t): reason for t, reason in index["lost"].items()}, reused=True)
+    clips = {Fraction(t): np.asarray(rows, dtype=np.int64) for t, rows in index["clips"].items()}
+    lost = {Fraction(t): reason for t, reason in index["lost"].items()}
+    frames = VideoFrames(entry, tuple(index["shape"]), tuple(index["source_size"]), clips, lost, reused=True)
     try:
         complete = (entry / _FRAMES).stat().st_size == frames.disk_bytes
     except OSError:

@@ -140,7 +140,8 @@ def run_loader(args):
         times = ", ".join(f"{decode['seconds']:.1f}" for decode in decodes)
         print(f"baseline: one sequential decode of the annotated spans {sequential['seconds']:.1f} s, the fastest "
               f"of {times} s ({sequential['clips'] / sequential['seconds']:.1f} "
-              f"clips/s; {sequential['cpu_s']:.1f} CPU-s, {sequential['cpu_s'] / sequential['seconds']:.1f} cores busy)")
+              f"clips/s; {sequential['cpu_s']:.1f} CPU-s, "
+              f"{sequential['cpu_s'] / sequential['seconds']:.1f} cores busy)")
         cores = os.cpu_count()
         for workers in args.loader_workers:
             for full_resolution in (False, True):
