@@ -126,11 +126,9 @@ def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
 def action_metadata(config, weights_sha256: Optional[str]) -> OnnxMetadata:
     """Metadata of an action model exported from ``config`` (an ``ActionModelConfig``)."""
     from . import __version__
-    from .config import dump_config
-    from .labels import action_id_of_column, read_label_map
+    from .config import dump_config, model_actions
 
-    names = read_label_map(config.label_map)
-    ids = [action_id_of_column(c) for c in range(config.model.num_classes)]
+    ids, names = model_actions(config)
     model_cfg, data = config.model, config.data
     preprocessing = {
         "mean": list(data.mean), "std": list(data.std), "short_side": data.test_crop_size, "bgr": data.bgr,
@@ -138,10 +136,11 @@ def action_metadata(config, weights_sha256: Optional[str]) -> OnnxMetadata:
         "alpha": model_cfg.alpha, "arch": model_cfg.arch, "inputs": list(ACTION_INPUTS[model_cfg.arch]),
         "layout": "(N, 3, T, H, W) float32 RGB (BGR if bgr) frames scaled to [0, 1], then (x - mean) / std; "
                   "resized so the short side is short_side; fast: num_frames frames sampling_rate apart on the "
-                  "fps grid around the keyframe; slow: every alpha-th of them; boxes (K, 5) [batch_index, x1, "
-                  "y1, x2, y2] in input pixels"}
-    return OnnxMetadata(kind="action_model", config_name=config.name, class_ids=ids,
-                        class_names=[names.get(i, f"action {i}") for i in ids], preprocessing=preprocessing,
+                  "fps grid around the keyframe; slow: num_frames // alpha of them, at indices "
+                  "floor(linspace(0, num_frames - 1, num_frames // alpha)); boxes (K, 5) [batch_index, x1, y1, "
+                  "x2, y2] in input pixels"}
+    return OnnxMetadata(kind="action_model", config_name=config.name, class_ids=list(ids),
+                        class_names=[name or f"action {i}" for i, name in zip(ids, names)], preprocessing=preprocessing,
                         weights_sha256=weights_sha256, config=dump_config(config), ava_pipeline_version=__version__)
 
 

@@ -101,6 +101,19 @@ def test_metadata_round_trip(exported):
     assert meta.weights_sha256 == model.weights_sha256
 
 
+def test_metadata_of_a_model_with_its_own_label_map(tmp_path):
+    import dataclasses
+
+    from ava_pipeline.export import action_metadata
+    from ava_pipeline.labels import write_label_map
+
+    write_label_map({11: "sit", 101: "wave hands", 14: "walk"}, tmp_path / "labelmap.pbtxt")
+    config = dataclasses.replace(ActionModelConfig(), label_map=str(tmp_path / "labelmap.pbtxt"),
+                                 model=dataclasses.replace(ActionModelConfig().model, num_classes=3))
+    meta = action_metadata(config, None)
+    assert (meta.class_ids, meta.class_names) == ([11, 101, 14], ["sit", "wave hands", "walk"])
+
+
 def test_graph_inputs_are_named_and_dynamic(exported):
     import onnx
 
