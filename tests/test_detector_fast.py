@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ava_pipeline.detector import TorchvisionPersonDetector, build_detector, build_torchvision_model
-from ava_pipeline.detector.fast import ChannelsLastLinear, FoldedConv2d, FusedBottleneck, optimize_detector
+from ava_pipeline.detector.fast import ChannelsLastLinear, optimize_detector
+from ava_pipeline.models.folded import FoldedConv, FusedBottleneck
 from ava_pipeline.errors import ConfigError
 
 PERSON = 1
@@ -132,7 +133,7 @@ def test_fast_copy_finds_the_persons_of_the_eager_model(name):
 
     fast = optimize_detector(model)
     assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in fast.modules())
-    assert sum(isinstance(m, FoldedConv2d) for m in fast.modules()) > 20
+    assert sum(isinstance(m, FoldedConv) for m in fast.modules()) > 20
     assert_same_persons(persons(fast, frames, score_thresh=0.01), everyone)
     # a threshold away from every score keeps the same persons
     thresh = threshold_between(scores)
@@ -158,15 +159,15 @@ def test_resnet_blocks_and_the_v2_box_head_are_fused():
     blocks = [m for m in body.modules() if isinstance(m, FusedBottleneck)]
     assert len(blocks) == 16 and sum(b.shortcut is not None for b in blocks) == 4
     head = list(fast.roi_heads.box_head.children())
-    assert [type(m) for m in head] == [FoldedConv2d] * 4 + [nn.Identity, ChannelsLastLinear, nn.Identity]
+    assert [type(m) for m in head] == [FoldedConv] * 4 + [nn.Identity, ChannelsLastLinear, nn.Identity]
     assert head[5].relu and all(m.activation == "relu" for m in head[:4])
     rpn = fast.rpn.head
-    assert isinstance(rpn.cls_logits, FoldedConv2d) and isinstance(rpn.bbox_pred, FoldedConv2d)
+    assert isinstance(rpn.cls_logits, FoldedConv) and isinstance(rpn.bbox_pred, FoldedConv)
 
 
 def test_mobilenet_hardswish_is_fused():
     fast = optimize_detector(build_torchvision_model("fasterrcnn_mobilenet_v3_large_fpn"))
-    activations = {m.activation for m in fast.backbone.body.modules() if isinstance(m, FoldedConv2d)}
+    activations = {m.activation for m in fast.backbone.body.modules() if isinstance(m, FoldedConv)}
     assert activations == {"none", "relu", "hardswish"}
 
 
@@ -187,7 +188,7 @@ def test_folded_convolution_equals_convolution_norm_activation(norm_type, activa
         norm.eval()
     act = {"none": nn.Identity(), "relu": nn.ReLU(), "hardswish": nn.Hardswish()}[activation]
     x, residual = torch.randn(2, 8, 11, 13), torch.randn(2, 16, 6, 7)
-    folded = FoldedConv2d(conv, norm, activation=activation, use_onednn=use_onednn)
+    folded = FoldedConv(conv, norm, activation=activation, use_onednn=use_onednn)
     with torch.inference_mode():
         y = conv(x) if norm is None else norm(conv(x))
         torch.testing.assert_close(folded(x), act(y), rtol=1e-5, atol=1e-5)
@@ -225,7 +226,7 @@ def test_float32_without_onednn_matches_eager():
     model = spread_out_model("fasterrcnn_resnet50_fpn_v2", min_size=96, max_size=170)
     plain = optimize_detector(model)
     for module in plain.modules():
-        if isinstance(module, FoldedConv2d):
+        if isinstance(module, FoldedConv):
             module.use_onednn = False  # what runs on CUDA: F.conv2d on channels-last
     frames = noise_frames(1)
     assert_same_persons(persons(plain, frames, 0.01), persons(model, frames, 0.01))

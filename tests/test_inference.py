@@ -9,7 +9,8 @@ from ava_pipeline.config import ModelConfig
 from ava_pipeline.errors import ConfigError
 from ava_pipeline.models import build_action_model
 from ava_pipeline.models.flops import count_flops
-from ava_pipeline.models.inference import FoldedConv3d, FrameMaxPool, optimize_for_inference
+from ava_pipeline.models.folded import FoldedConv
+from ava_pipeline.models.inference import FrameMaxPool, optimize_for_inference
 
 TOLERANCE = 1e-4
 NONLOCAL_R101 = dict(fusion_kernel_size=5, nonlocal_location=(((), ()), ((), ()), ((6, 13, 20), ()), ((), ())),
@@ -95,7 +96,7 @@ def test_folded_conv_equals_conv_bn_relu_on_both_paths():
     with torch.inference_mode():
         expected = torch.relu(bn(conv(x)) + residual)
         for use_onednn in (True, False):
-            folded = FoldedConv3d(conv, bn, relu=True, use_onednn=use_onednn)
+            folded = FoldedConv(conv, bn, activation="relu", use_onednn=use_onednn)
             assert (folded(x, residual=residual) - expected).abs().max().item() < 1e-5
 
 
@@ -108,7 +109,7 @@ def test_onednn_residual_is_accumulated_in_place():
     residual = torch.randn(1, 5, 3, 4, 5).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         expected = torch.relu(bn(conv(x)) + residual)
-        got = FoldedConv3d(conv, bn, relu=True, use_onednn=True)(x, residual=residual)
+        got = FoldedConv(conv, bn, activation="relu", use_onednn=True)(x, residual=residual)
     assert (got - expected).abs().max().item() < 1e-5
     assert got.data_ptr() == residual.data_ptr() and torch.equal(residual, got)
 
@@ -130,14 +131,15 @@ def test_packed_weights_follow_the_input_shape_and_survive_copying():
     torch.manual_seed(0)
     conv, bn = nn.Conv3d(8, 16, (1, 3, 3), padding=(0, 1, 1), bias=False), nn.BatchNorm3d(16)
     randomize_batchnorm(nn.Sequential(conv, bn))
-    folded = FoldedConv3d(conv, bn, relu=False, use_onednn=True)
+    folded = FoldedConv(conv, bn, activation="none", use_onednn=True)
     with torch.inference_mode():
         for shape in [(1, 8, 4, 10, 12), (2, 8, 4, 10, 12), (1, 8, 2, 7, 9), (1, 8, 4, 10, 12)]:
             x = torch.randn(shape)
             assert (folded(x) - bn(conv(x))).abs().max().item() < 1e-5
-            assert folded._packed[0] == x.shape
+            assert x.shape in folded._packed
+        assert len(folded._packed) == 3  # one packed weight per input shape seen
         copied = copy.deepcopy(folded)
-        assert copied._packed == (None, None)
+        assert copied._packed == {}
         assert torch.equal(copied(x), folded(x))
     # weights written in place (load_state_dict) are repacked, not served stale from the cache
     doubled = {name: value * 2 if name == "weight" else value for name, value in folded.state_dict().items()}

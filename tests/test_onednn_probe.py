@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ava_pipeline.models import inference
-from ava_pipeline.models.inference import FoldedConv3d, onednn_usable, optimize_for_inference
+from ava_pipeline.models.folded import FoldedConv
+from ava_pipeline.models.inference import onednn_usable, optimize_for_inference
 from ava_pipeline.models import build_action_model
 from tests.model_fixtures import PARITY_CASES, random_clips, random_state_dict
 
@@ -19,7 +20,7 @@ def tiny_model():
 
 
 def folded_convs(model):
-    return [module for module in model.modules() if isinstance(module, FoldedConv3d)]
+    return [module for module in model.modules() if isinstance(module, FoldedConv)]
 
 
 def test_the_ops_of_this_torch_pass_the_probe():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ava_pipeline.models import winograd
-from ava_pipeline.models.inference import FoldedConv3d
+from ava_pipeline.models.folded import FoldedConv
 
 
 def channels_last(x):
@@ -53,8 +53,8 @@ def test_folded_conv_uses_winograd_for_res4_b_and_gives_the_same_values():
     with torch.no_grad():
         bn.running_mean.uniform_(-0.3, 0.3)
         bn.running_var.uniform_(0.5, 2.0)
-    folded = FoldedConv3d(conv, bn, relu=True, use_onednn=True)
-    direct = FoldedConv3d(conv, bn, relu=True, use_onednn=False)
+    folded = FoldedConv(conv, bn, activation="relu", use_onednn=True)
+    direct = FoldedConv(conv, bn, activation="relu", use_onednn=False)
     assert folded.winograd and not direct.winograd
     x = torch.randn(1, 256, 2, 6, 7)
     with torch.inference_mode():

@@ -49,121 +49,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.inference import fold_batchnorm, onednn_usable
+from ..models.folded import FoldedConv, FusedBottleneck
+from ..models.inference import onednn_usable
 
 CHANNELS_LAST = torch.channels_last
-MAX_PACKED_SHAPES = 8
-"""Input shapes per convolution whose packed weight is kept (FPN levels: 5)."""
 ACTIVATIONS = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}
 """Activations that follow a convolution and run fused into it (oneDNN post-op names)."""
 
-__all__ = ["FoldedConv2d", "FusedBottleneck", "ChannelsLastLinear", "optimize_detector"]
+__all__ = ["ChannelsLastLinear", "optimize_detector"]
 
 
 def _is_norm(module: nn.Module) -> bool:
     from torchvision.ops import FrozenBatchNorm2d
 
     return isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d))
-
-
-class FoldedConv2d(nn.Module):
-    """A Conv2d (norm folded in) with an optional fused residual addition and activation.
-
-    ``forward(x, residual=None)`` computes ``act(conv(x) + residual?)`` for ``x`` (N, C_in, H, W) float;
-    ``residual`` has the output's shape; ``activation`` is ``"none"``, ``"relu"`` or ``"hardswish"``. The
-    output is channels-last. With ``use_onednn`` (CPU float32) the expression is one oneDNN primitive that
-    accumulates into ``residual`` in place (its values are overwritten with the output); otherwise it is
-    ``F.conv2d`` followed by the add and the activation.
-    """
-
-    def __init__(self, conv: nn.Conv2d, norm: Optional[nn.Module], *, activation: str, use_onednn: bool):
-        super().__init__()
-        if activation not in ("none", "relu", "hardswish"):
-            raise ConfigError(f"FoldedConv2d: unsupported activation {activation!r}")
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ConfigError(f"FoldedConv2d: padding {conv.padding!r} / {conv.padding_mode!r} is not supported")
-        weight, bias = fold_batchnorm(conv, norm)
-        # oneDNN reorders an NCHW weight to NHWC on every call for channels-last inputs: store it NHWC.
-        self.register_buffer("weight", weight.contiguous(memory_format=CHANNELS_LAST))
-        self.register_buffer("bias", bias)
-        self.stride, self.padding = list(conv.stride), list(conv.padding)
-        self.dilation, self.groups = list(conv.dilation), conv.groups
-        self.activation, self.use_onednn = activation, use_onednn
-        self._packed: dict = {}  # input shape -> weight in oneDNN's blocked layout for that shape
-
-    def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
-                f"stride={tuple(self.stride)}, groups={self.groups}, activation={self.activation}, "
-                f"onednn={self.use_onednn}")
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x.contiguous(memory_format=CHANNELS_LAST)
-        if self.use_onednn:
-            weight = self._packed_weight(x.shape)
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.activation,
-                    [None], "")
-            # In place: oneDNN's sum post-op accumulates into the residual's memory (its out-of-place binary
-            # post-op reads the residual as a separate source and writes a fresh tensor: slower). oneDNN fuses
-            # only a ReLU after the sum.
-            y = torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual.contiguous(memory_format=CHANNELS_LAST), x, weight, self.bias, self.padding, self.stride,
-                self.dilation, self.groups, "add", 1.0, "relu" if self.activation == "relu" else None, [], "")
-            return F.hardswish(y, inplace=True) if self.activation == "hardswish" else y
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if residual is not None:
-            y = y + residual
-        if self.activation == "relu":
-            return F.relu(y)
-        return F.hardswish(y) if self.activation == "hardswish" else y
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = {}  # oneDNN's opaque tensors cannot be copied or pickled; repacked on use
-        return state
-
-    def _packed_weight(self, input_shape: torch.Size) -> torch.Tensor:
-        """The weight reordered once into the blocked layout oneDNN picks for inputs of ``input_shape``
-        (otherwise oneDNN reorders it on every call). One per input shape: the RPN head's convolutions run on
-        every FPN level, the box head's on a varying number of RoIs (only the last few such shapes are kept)."""
-        packed = self._packed.get(input_shape)
-        if packed is None:
-            if len(self._packed) >= MAX_PACKED_SHAPES:
-                self._packed.clear()
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,
-                list(input_shape))
-            self._packed[input_shape] = packed
-        return packed
-
-    def _apply(self, fn, *args, **kwargs):
-        self._packed = {}  # moved or cast: the derived copies are stale
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = {}  # new weights: the derived copies are stale
-        super()._load_from_state_dict(*args, **kwargs)
-
-
-class FusedBottleneck(nn.Module):
-    """torchvision's ResNet ``Bottleneck``, ``relu(shortcut(x) + conv3(relu(conv2(relu(conv1(x))))))``, with
-    folded norms and fused post-ops.
-
-    ``x`` (N, C_in, H, W) -> (N, C_out, H/s, W/s), channels-last. ``shortcut`` is the folded ``downsample``
-    projection, or None for the identity; on CPU float32 the output is accumulated into the shortcut's memory,
-    so with the identity shortcut ``x`` is overwritten (in a ResNet layer nothing reads a block's input after
-    the block; each layer's first block has a projection, so the features the FPN reads survive).
-    """
-
-    def __init__(self, conv1: FoldedConv2d, conv2: FoldedConv2d, conv3: FoldedConv2d,
-                 shortcut: Optional[FoldedConv2d]):
-        super().__init__()
-        self.conv1, self.conv2, self.conv3, self.shortcut = conv1, conv2, conv3, shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        return self.conv3(self.conv2(self.conv1(x)), residual=shortcut)
 
 
 class ChannelsLastLinear(nn.Module):
@@ -246,8 +145,8 @@ def _rewrite(module: nn.Module, use_onednn: bool) -> None:
     from torchvision.models.resnet import Bottleneck
     from torchvision.ops.misc import SqueezeExcitation
 
-    fold = lambda conv, norm, activation: FoldedConv2d(conv, norm, activation=activation,  # noqa: E731
-                                                       use_onednn=use_onednn)
+    fold = lambda conv, norm, activation: FoldedConv(conv, norm, activation=activation,  # noqa: E731
+                                                     use_onednn=use_onednn)
     children = list(module.named_children())
     stem = ({"conv1", "bn1", "relu", "maxpool"} <= {name for name, _ in children}
             and type(module.conv1) is nn.Conv2d and _is_norm(module.bn1))

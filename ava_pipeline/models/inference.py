@@ -17,123 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ava_pipeline.errors import ConfigError
-from ava_pipeline.models import winograd
+from ava_pipeline.models.folded import FoldedConv, FusedBottleneck
 
 CHANNELS_LAST = torch.channels_last_3d
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FoldedConv3d", "FrameMaxPool", "FusedBottleneckBlock", "FusedNonLocal", "InferenceModel",
-           "onednn_usable", "optimize_for_inference"]
-
-
-@torch.no_grad()
-def fold_batchnorm(conv: nn.Module, bn: Optional[nn.Module]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Weight and bias of ``bn(conv(x))`` as one convolution (folded in float64, returned in conv's dtype).
-
-    ``conv``: a Conv2d or Conv3d; ``bn``: a BatchNorm in eval mode or torchvision's FrozenBatchNorm2d (both keep
-    weight, bias, running_mean, running_var, eps), or None (the convolution's own weight and bias, copied).
-    ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = beta + (b - mean) * gamma / sqrt(var + eps)``.
-    """
-    if bn is None:
-        return conv.weight.detach().clone(), None if conv.bias is None else conv.bias.detach().clone()
-    dtype = conv.weight.dtype
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    bias = bn.bias.double() + (bias - bn.running_mean.double()) * scale
-    return weight.to(dtype), bias.to(dtype)
-
-
-class FoldedConv3d(nn.Module):
-    """A Conv3d (BatchNorm folded in) with an optional fused residual addition and ReLU.
-
-    ``forward(x, residual=None)`` computes ``relu?(conv(x) + residual?)`` for ``x`` (N, C_in, T, H, W) float;
-    ``residual`` has the output's shape. Output is channels-last 3D. With ``use_onednn`` (CPU float32)
-    the whole expression is one oneDNN primitive that accumulates into ``residual`` in place (when it is
-    channels-last contiguous, its values are overwritten with the output); otherwise it is ``F.conv3d``
-    followed by the add and ReLU. On the oneDNN path, 1x3x3 convolutions with at least
-    ``winograd.MIN_CHANNELS`` channels and no residual run as Winograd F(4x4, 3x3) (``models/winograd.py``).
-    """
-
-    def __init__(self, conv: nn.Conv3d, bn: Optional[nn.BatchNorm3d], *, relu: bool, use_onednn: bool):
-        super().__init__()
-        weight, bias = fold_batchnorm(conv, bn)
-        # oneDNN reorders an NCDHW weight to NDHWC on every call for channels-last inputs: store it NDHWC.
-        self.register_buffer("weight", weight.contiguous(memory_format=CHANNELS_LAST))
-        self.register_buffer("bias", bias)
-        self.stride, self.padding = list(conv.stride), list(conv.padding)
-        self.dilation, self.groups = list(conv.dilation), conv.groups
-        self.relu, self.use_onednn = relu, use_onednn
-        self.winograd = use_onednn and winograd.applies(weight.shape, self.stride, self.padding, self.dilation,
-                                                        self.groups)
-        self._packed = (None, None)  # (input shape, weight in oneDNN's blocked layout for that shape)
-        self._winograd_weight = None  # winograd.transform_weight(weight), made on first use
-
-    def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
-                f"stride={tuple(self.stride)}, relu={self.relu}, onednn={self.use_onednn}, winograd={self.winograd}")
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x.contiguous(memory_format=CHANNELS_LAST)
-        if self.winograd and residual is None:
-            if self._winograd_weight is None:
-                self._winograd_weight = winograd.transform_weight(self.weight)
-            return winograd.conv1x3x3(x, self._winograd_weight, self.bias, self.relu, self.dilation[1])
-        if self.use_onednn:
-            weight = self._packed_weight(x.shape)
-            unary = "relu" if self.relu else "none"
-            if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(
-                    x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [None], "")
-            # In place: oneDNN's sum post-op accumulates into the residual's memory. Its out-of-place binary
-            # post-op reads the residual as a separate source and writes a fresh tensor, 1.3-2.5x slower.
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual.contiguous(memory_format=CHANNELS_LAST), x, weight, self.bias, self.padding,
-                self.stride, self.dilation, self.groups, "add", 1.0, unary if self.relu else None, [], "")
-        y = F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if residual is not None:
-            y = y + residual
-        return F.relu(y) if self.relu else y
-
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = (None, None)  # oneDNN's opaque tensors cannot be copied or pickled; repacked on use
-        return state
-
-    def _packed_weight(self, input_shape: torch.Size) -> torch.Tensor:
-        """The weight reordered once into the blocked layout oneDNN picks for inputs of ``input_shape``
-        (otherwise oneDNN reorders it on every call); repacked when the input shape changes."""
-        shape, packed = self._packed
-        if shape != input_shape:
-            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(
-                self.weight.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,
-                list(input_shape))
-            self._packed = (input_shape, packed)
-        return packed
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._packed, self._winograd_weight = (None, None), None  # new weights: the derived copies are stale
-        super()._load_from_state_dict(*args, **kwargs)
-
-
-class FusedBottleneckBlock(nn.Module):
-    """PySlowFast ResBlock ``relu(shortcut(x) + c(relu(b(relu(a(x))))))`` with folded BN and fused post-ops.
-
-    ``x`` (N, C_in, T, H, W) -> (N, C_out, T, H/s, W/s), channels-last 3D. ``shortcut`` is the folded
-    ``branch1`` projection, or ``None`` for the identity; on CPU float32 the output is accumulated into the
-    shortcut's memory, so with the identity shortcut ``x`` is overwritten (in a ResStage nothing reads a
-    block's input after the block).
-    """
-
-    def __init__(self, a: FoldedConv3d, b: FoldedConv3d, c: FoldedConv3d, shortcut: Optional[FoldedConv3d]):
-        super().__init__()
-        self.a, self.b, self.c, self.shortcut = a, b, c, shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.shortcut is None else self.shortcut(x)
-        return self.c(self.b(self.a(x)), residual=shortcut)
+__all__ = ["FrameMaxPool", "FusedNonLocal", "InferenceModel", "onednn_usable", "optimize_for_inference"]
 
 
 class FusedNonLocal(nn.Module):
@@ -141,10 +31,10 @@ class FusedNonLocal(nn.Module):
 
     Dot-product attention divides by the number of pooled positions P; softmax attention scales by
     ``C_inner ** -0.5`` and normalises over P. ``x`` (N, C, T, H, W) -> same shape, channels-last 3D; on CPU
-    float32 the output is accumulated into ``x``'s memory (overwritten, as in ``FusedBottleneckBlock``).
+    float32 the output is accumulated into ``x``'s memory (overwritten, as in ``FusedBottleneck``).
     """
 
-    def __init__(self, theta: FoldedConv3d, phi: FoldedConv3d, g: FoldedConv3d, out: FoldedConv3d,
+    def __init__(self, theta: FoldedConv, phi: FoldedConv, g: FoldedConv, out: FoldedConv,
                  pool: Optional[nn.Module], instantiation: str):
         super().__init__()
         if instantiation not in ("dot_product", "softmax"):
@@ -231,11 +121,11 @@ def _has(module: nn.Module, *names: str) -> bool:
     return all(isinstance(getattr(module, name, None), nn.Module) for name in names)
 
 
-def _fold(conv: nn.Module, bn: Optional[nn.Module], name: str, *, relu: bool, use_onednn: bool) -> FoldedConv3d:
+def _fold(conv: nn.Module, bn: Optional[nn.Module], name: str, *, relu: bool, use_onednn: bool) -> FoldedConv:
     if not isinstance(conv, nn.Conv3d) or not (bn is None or isinstance(bn, nn.BatchNorm3d)):
         raise ConfigError(f"optimize_for_inference: {name} is {type(conv).__name__} + {type(bn).__name__}, "
                           "expected Conv3d + BatchNorm3d (PySlowFast structure); use the eager model instead")
-    return FoldedConv3d(conv, bn, relu=relu, use_onednn=use_onednn)
+    return FoldedConv(conv, bn, activation="relu" if relu else "none", use_onednn=use_onednn)
 
 
 def _rewrite(module: nn.Module, prefix: str, use_onednn: bool) -> None:
@@ -246,7 +136,7 @@ def _rewrite(module: nn.Module, prefix: str, use_onednn: bool) -> None:
             branch2 = child.branch2
             shortcut = (_fold(child.branch1, child.branch1_bn, f"{name}.branch1", relu=False, use_onednn=use_onednn)
                         if _has(child, "branch1") else None)
-            setattr(module, child_name, FusedBottleneckBlock(
+            setattr(module, child_name, FusedBottleneck(
                 _fold(branch2.a, branch2.a_bn, f"{name}.branch2.a", relu=True, use_onednn=use_onednn),
                 _fold(branch2.b, branch2.b_bn, f"{name}.branch2.b", relu=True, use_onednn=use_onednn),
                 _fold(branch2.c, branch2.c_bn, f"{name}.branch2.c", relu=True, use_onednn=use_onednn),
@@ -274,7 +164,7 @@ _onednn_usable: Optional[bool] = None  # onednn_usable()'s answer, once per proc
 
 
 def onednn_usable() -> bool:
-    """Whether this torch has the private oneDNN ops ``FoldedConv3d`` calls on CPU float32 and they give
+    """Whether this torch has the private oneDNN ops ``FoldedConv`` calls on CPU float32 and they give
     ``F.conv3d``'s values on a tiny case (with ReLU, with and without the in-place residual).
 
     Probed once per process. When they are missing or differ, one warning is logged and the fast paths (this
@@ -302,8 +192,8 @@ def _onednn_problem() -> Optional[str]:
         tensor.copy_(torch.randn(tensor.shape, generator=generator))
     x = torch.randn(1, 3, 2, 5, 6, generator=generator)
     residual = torch.randn(1, 4, 2, 5, 6, generator=generator).contiguous(memory_format=CHANNELS_LAST)
-    onednn = FoldedConv3d(conv, None, relu=True, use_onednn=True)
-    plain = FoldedConv3d(conv, None, relu=True, use_onednn=False)
+    onednn = FoldedConv(conv, None, activation="relu", use_onednn=True)
+    plain = FoldedConv(conv, None, activation="relu", use_onednn=False)
     try:
         got = [onednn(x), onednn(x, residual=residual.clone())]
     except Exception as error:  # a private op renamed, removed or with another signature
