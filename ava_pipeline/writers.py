@@ -116,10 +116,7 @@ def proposal_rows(result: "KeyframeResult") -> Iterator[list[str]]:
 def write_csv(results: Iterable["KeyframeResult"], path: str | Path, *,
               min_score: Optional[float] = None) -> "OutputStats":
     """Write the AVA detections CSV of ``results`` to ``path`` atomically; returns what was written."""
-    with CsvSink(path, min_score=min_score) as sink:
-        for result in results:
-            sink.add(result)
-    return sink.stats
+    return _write_all(CsvSink(path, min_score=min_score), results)
 
 
 def detections_dataframe(results: Iterable["KeyframeResult"], *,
@@ -179,7 +176,12 @@ def keyframe_record(result: "KeyframeResult", *, min_score: Optional[float] = No
 def write_jsonl(results: Iterable["KeyframeResult"], path: str | Path, *,
                 min_score: Optional[float] = None) -> "OutputStats":
     """Write one JSON object per keyframe (:func:`keyframe_record`) to ``path`` atomically."""
-    with JsonlSink(path, min_score=min_score) as sink:
+    return _write_all(JsonlSink(path, min_score=min_score), results)
+
+
+def _write_all(sink: "_FileSink", results: Iterable["KeyframeResult"]) -> "OutputStats":
+    """Add every result to ``sink``, close it (the file appears) and return what was written."""
+    with sink:
         for result in results:
             sink.add(result)
     return sink.stats

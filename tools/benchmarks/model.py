@@ -92,6 +92,21 @@ def _timed(fn):
     return time.perf_counter() - start, result
 
 
+def _alternated(reference, candidate, repeats: int, between=None) -> tuple[list, list, float]:
+    """Seconds of ``reference()`` and ``candidate()`` run in turn ``repeats`` times (``between()`` after each
+    pair), and the largest absolute difference of their outputs."""
+    reference_times, candidate_times, max_diff = [], [], 0.0
+    for _ in range(repeats):
+        seconds, expected = _timed(reference)
+        reference_times.append(seconds)
+        seconds, got = _timed(candidate)
+        candidate_times.append(seconds)
+        if between is not None:
+            between()
+        max_diff = max(max_diff, (got - expected).abs().max().item())
+    return reference_times, candidate_times, max_diff
+
+
 def run(args):
     if args.runtime == "onnx":
         return run_onnx(args)
@@ -114,17 +129,13 @@ def run(args):
         inputs, boxes = make_inputs(args.batch, height, width)
         fast = optimize_for_inference(model)
         flops = count_flops(model, inputs, boxes)  # doubles as the eager warm-up
-        eager_times, fast_times, gemm_times, max_diff = [], [], [], 0.0
+        gemm_times = []
         with torch.inference_mode():
             fast(inputs, boxes)
             gemm_seconds(gemm_a, gemm_b)
-            for _ in range(args.repeats):
-                seconds, reference = _timed(lambda: model(inputs, boxes))
-                eager_times.append(seconds)
-                seconds, probabilities = _timed(lambda: fast(inputs, boxes))
-                fast_times.append(seconds)
-                gemm_times.append(gemm_seconds(gemm_a, gemm_b))
-                max_diff = max(max_diff, (probabilities - reference).abs().max().item())
+            eager_times, fast_times, max_diff = _alternated(
+                lambda: model(inputs, boxes), lambda: fast(inputs, boxes), args.repeats,
+                between=lambda: gemm_times.append(gemm_seconds(gemm_a, gemm_b)))
         eager, optimized, gemm = (statistics.median(t) for t in (eager_times, fast_times, gemm_times))
         speedup = statistics.median(e / f for e, f in zip(eager_times, fast_times))
         of_gemm = statistics.median((flops.total / f) / (gemm_flops / g) for f, g in zip(fast_times, gemm_times))
@@ -170,16 +181,11 @@ def run_onnx(args):
             seconds, path = _timed(lambda: export_action_model(model, config, Path(folder) / "model.onnx"))
             print(f"R{depth}: exported in {seconds:.1f} s ({path.stat().st_size / 1e6:.0f} MB)")
             runtime = OnnxActionModel(path, threads=threads)
-            torch_times, onnx_times, max_diff = [], [], 0.0
             with torch.inference_mode():
                 fast(inputs, boxes)
                 runtime(inputs, boxes)
-                for _ in range(args.repeats):
-                    seconds, reference = _timed(lambda: fast(inputs, boxes))
-                    torch_times.append(seconds)
-                    seconds, probabilities = _timed(lambda: runtime(inputs, boxes))
-                    onnx_times.append(seconds)
-                    max_diff = max(max_diff, (probabilities - reference).abs().max().item())
+                torch_times, onnx_times, max_diff = _alternated(
+                    lambda: fast(inputs, boxes), lambda: runtime(inputs, boxes), args.repeats)
         ratio = statistics.median(o / t for o, t in zip(onnx_times, torch_times))
         for label, times in (("torch fast path", torch_times), ("onnxruntime", onnx_times)):
             print(f"  {label:15s} {statistics.median(times):7.3f} s/forward  (runs: "
