@@ -162,6 +162,9 @@ def test_usage_errors(setup, tmp_path, capsys):
     _fails(capsys, _args(setup, tmp_path / "run", "--epochs", "0"), "--epochs")
     _fails(capsys, ["--config", str(setup["config"])], "required")
     _fails(capsys, _args(setup, tmp_path / "run", "--device", "tpu"), "--device")
+    _fails(capsys, _args(setup, tmp_path / "run", "--head-views", "0"), "--head-views")
+    _fails(capsys, _args(setup, tmp_path / "run", "--head-views", "2"), "--head-views 2: augmented views are cached "
+           "for --head-only")
     assert ANNOTATIONS  # the fixture's rows are what the cases above append to
 
 

@@ -98,6 +98,33 @@ def test_head_only_rerun_reuses_the_cached_features(own_dataset, tmp_path):
     assert result.checkpoint.name == "checkpoint_epoch_00002.pyth"
 
 
+def test_augmented_views_are_cached_and_each_epoch_trains_on_one_of_them(own_dataset, tmp_path):
+    data, config = own_dataset
+    _train(data, config, tmp_path / "plain", epochs=2)
+    result, lines = _train(data, config, tmp_path / "views", epochs=2, head_views=3)
+    assert any("features of 10 boxes in 6 keyframes extracted" in line and "(3 view(s)" in line for line in lines)
+    one = torch.load(tmp_path / "plain" / "head_features" / "train.pt", weights_only=True)["features"]
+    stored = torch.load(tmp_path / "views" / "head_features" / "train.pt", weights_only=True)
+    views = stored["features"]
+    assert one.shape[0] == 1 and views.shape == (3, 10, one.shape[2])
+    assert torch.equal(views[0], one[0])  # view 0 is the test-time transform's
+    assert not torch.equal(views[1], views[0]) and not torch.equal(views[2], views[1])  # jitter, crop, flip
+    val = torch.load(tmp_path / "views" / "head_features" / "val.pt", weights_only=True)["features"]
+    assert val.shape[0] == 1  # evaluation sees the test-time view only
+
+    features = FeatureSet(views, stored["labels"], stored["counts"], [tuple(key) for key in stored["keys"]], seed=1)
+    drawn = [[features.view(epoch, index) for index in range(len(features))] for epoch in range(6)]
+    assert {view for row in drawn for view in row} == {0, 1, 2} and drawn[0] != drawn[1]
+    assert drawn == [[features.view(epoch, index) for index in range(len(features))] for epoch in range(6)]
+    first, last = features.offsets[4], features.offsets[5]
+    assert torch.equal(features[(3, 4)]["inputs"][0], views[drawn[3][4], first:last])
+
+    _, again = _train(data, config, tmp_path / "views", epochs=2, head_views=3)
+    assert any("features of 10 boxes reused" in line for line in again), again
+    with pytest.raises(ConfigError, match="--head-views 2: augmented views are cached for --head-only"):
+        _train(data, config, tmp_path / "no_augment", epochs=2, head_views=2, augment=False)
+
+
 def test_head_only_under_torchrun_is_refused(own_dataset, tmp_path, monkeypatch):
     data, config = own_dataset
     monkeypatch.setenv("RANK", "0")
@@ -109,7 +136,7 @@ def test_head_only_under_torchrun_is_refused(own_dataset, tmp_path, monkeypatch)
 def test_feature_batches_concatenate_boxes_and_the_head_applies_dropout_projection_sigmoid():
     features = torch.arange(12.0).reshape(4, 3)
     labels = torch.eye(4, 2)
-    dataset = FeatureSet(features, labels, torch.tensor([1, 3]), [("a", 1), ("b", 2)])
+    dataset = FeatureSet(features[None], labels, torch.tensor([1, 3]), [("a", 1), ("b", 2)])  # one view
     batch = feature_collate([dataset[1], dataset[0]])
     assert torch.equal(batch.inputs[0], torch.cat([features[1:], features[:1]]))
     assert batch.boxes[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0] and batch.keys == [("b", 2), ("a", 1)]

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for CPUs: freeze the backbone, cache the pooled RoI features of every box once (fast "
                         "inference path, test-time transform) and train only the head on them; the checkpoints "
                         "are full models")
+    parser.add_argument("--head-views", type=positive_int, default=1, metavar="K",
+                        help="with --head-only: cache K views of every training keyframe, the test-time one and "
+                        "K-1 augmented by the train transform (jitter, crop, flip); each epoch trains a keyframe on "
+                        "one of them, drawn from the seed (default 1: the test-time view only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar: plain log lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
           seed=args.seed, augment=False if args.no_augment else None,
           shuffle=False if args.no_shuffle else None, device=args.device,
           full_resolution_frames=True if args.full_resolution_frames else None,
-          workers=args.workers, quiet=args.quiet, head_only=args.head_only)
+          workers=args.workers, quiet=args.quiet, head_only=args.head_only, head_views=args.head_views)
     return 0
 
 

@@ -4,10 +4,13 @@ For a CPU: the backbone and the RoI pooling run once per training (and validatio
 inference path (:func:`~ava_pipeline.models.inference.optimize_for_inference`), with the test-time transform
 (short side to ``DATA.TEST_CROP_SIZE``, no crop, no flip). What the head's projection receives is kept: per box
 the pooled feature vector (D = 2304 for SlowFast R50/R101: the temporal mean, RoIAlign and spatial max of every
-pathway, concatenated). The vectors are cached in ``RUN/head_features/{train,val}.pt`` under a key of the
-backbone's weights, the samples and boxes, the data settings and the video files, so a resumed or repeated
-run reuses them. Then only the head trains, epoch after epoch, through the ordinary loop (same sampler, LR
-policy, SGD, BCE on probabilities, metrics, evaluation and checkpoints):
+pathway, concatenated). With ``views`` V > 1, each training keyframe also gets V - 1 augmented views (PySlowFast's
+train transform, view ``v`` drawn as epoch ``v`` of the augmented dataset), and each epoch trains every keyframe
+on one of its V views, drawn from ``(seed, epoch, index)``. The vectors are cached in
+``RUN/head_features/{train,val}.pt`` under a key of the backbone's weights, the samples and boxes, the data
+settings, the views and the video files, so a resumed or repeated run reuses them. Then only the head trains,
+epoch after epoch, through the ordinary loop (same sampler, LR policy, SGD, BCE on probabilities, metrics,
+evaluation and checkpoints):
 
     features (K, D) -> dropout -> projection (Linear D -> C) -> sigmoid -> (K, C) probabilities
 
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +34,7 @@ from ava_pipeline.training.dataset import TrainingBatch
 from ava_pipeline.training.samples import seconds_text
 from ava_pipeline.writers import atomic_output
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 EXTRACTION_BATCH = 4  # clips per forward while extracting: the memory of inference, not of the training batch
 
 
@@ -58,29 +62,42 @@ class HeadOnlyModel(nn.Module):
 class FeatureSet(torch.utils.data.Dataset):
     """Cached pooled features of a dataset's keyframes, one item per keyframe, in the dataset's order.
 
-    ``features`` float32 (sum K, D), ``labels`` float32 (sum K, C), ``counts`` int64 (N,) boxes per keyframe,
-    ``keys`` ``[(video_id, time), ...]``. Items have the :class:`~.dataset.AvaClipDataset` fields the loop and the
-    evaluation use: ``"inputs"`` ``[features (K, D)]``, ``"labels"`` (K, C), ``"video_id"``, ``"time"``,
-    ``"index"``.
+    ``features`` float32 (V, sum K, D): view 0 of the test-time transform, views 1.. augmented; ``labels`` float32
+    (sum K, C), ``counts`` int64 (N,) boxes per keyframe, ``keys`` ``[(video_id, time), ...]``. Item ``(epoch,
+    index)`` (or ``index``: epoch 0) has the :class:`~.dataset.AvaClipDataset` fields the loop and the evaluation
+    use: ``"inputs"`` ``[features (K, D)]`` of the view drawn from ``(seed, epoch, index)`` (view 0 when V = 1),
+    ``"labels"`` (K, C), ``"video_id"``, ``"time"``, ``"index"``.
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, keys: list):
-        self.features, self.labels, self.counts, self.keys = features, labels, counts, keys
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, keys: list, *,
+                 seed: int = 0):
+        self.features, self.labels, self.counts, self.keys, self.seed = features, labels, counts, keys, seed
         self.offsets = [0] + torch.cumsum(counts, 0).tolist()
 
+    @property
+    def views(self) -> int:
+        return int(self.features.shape[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """Nothing to draw: the features are those of the test-time transform."""
+        """Nothing to do: the sampler hands the epoch with each index."""
+
+    def view(self, epoch: int, index: int) -> int:
+        """The view keyframe ``index`` trains on in ``epoch``: a pure function of ``(seed, epoch, index)``."""
+        if self.views == 1:
+            return 0
+        return int(np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            [self.seed, epoch, index, 0x7E1D]))).integers(self.views))
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index) -> dict:
-        if isinstance(index, tuple):
-            index = index[1]
+        epoch, index = index if isinstance(index, tuple) else (0, index)
         first, last = self.offsets[index], self.offsets[index + 1]
         video_id, time_value = self.keys[index]
-        return {"inputs": [self.features[first:last]], "labels": self.labels[first:last], "video_id": video_id,
-                "time": time_value, "index": index}
+        features = self.features[self.view(epoch, index), first:last]
+        return {"inputs": [features], "labels": self.labels[first:last], "video_id": video_id, "time": time_value,
+                "index": index}
 
     @property
     def boxes(self) -> int:
@@ -108,9 +125,10 @@ def feature_extractor(model: nn.Module, device: torch.device) -> nn.Module:
     return fast
 
 
-def cache_key(model: nn.Module, dataset) -> str:
+def cache_key(model: nn.Module, dataset, augmented=None, views: int = 1) -> str:
     """What the features depend on: the backbone's tensors, the keyframes and their boxes, the clip and
-    normalisation settings and the video files (path, size, modification time)."""
+    normalisation settings, the video files (path, size, modification time) and, with augmented views, their
+    number and the augmentation settings."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         if not name.startswith("head.projection."):
@@ -118,7 +136,10 @@ def cache_key(model: nn.Module, dataset) -> str:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     settings = {"version": CACHE_VERSION, "clip": {k: str(v) for k, v in dataset.clip_settings.items()},
                 "alpha": dataset.alpha, "normalisation": dataset.normalisation, "size": dataset.test_crop_size,
-                "videos": {}}
+                "videos": {}, "views": views}
+    if views > 1:
+        settings["augmentation"] = {"seed": augmented.seed, "store": augmented.store_short_side,
+                                    **augmented.augmentation, **augmented.pca}
     for sample in dataset.samples:
         digest.update(f"{sample.video_id}|{seconds_text(sample.time)}|".encode())
         digest.update(sample.boxes.tobytes())
@@ -130,40 +151,67 @@ def cache_key(model: nn.Module, dataset) -> str:
     return digest.hexdigest()
 
 
-def cached_features(model: nn.Module, dataset, path: Path, *, device: torch.device,
-                    batch_size: int = EXTRACTION_BATCH, say: Callable[[str], None] = lambda line: None) -> FeatureSet:
+def cached_features(model: nn.Module, dataset, path: Path, *, device: torch.device, augmented=None,
+                    views: int = 1, batch_size: int = EXTRACTION_BATCH,
+                    say: Callable[[str], None] = lambda line: None) -> FeatureSet:
     """The pooled features of every keyframe of ``dataset`` (an :class:`~.dataset.AvaClipDataset` without
     augmentation, prepared), from the cache file ``path`` when its key matches, else computed with the fast
-    inference path, ``batch_size`` clips per forward, and written there atomically."""
+    inference path, ``batch_size`` clips per forward, and written there atomically. ``views`` > 1 adds
+    ``views - 1`` augmented views per keyframe, view ``v`` being item ``(v, index)`` of ``augmented`` (the same
+    samples with augmentation, prepared); draws come from ``augmented.seed``."""
     from ava_pipeline.training.validation import predict
 
-    key = cache_key(model, dataset)
+    if views > 1 and (augmented is None or not augmented.augment
+                      or [(s.video_id, s.time) for s in augmented.samples]
+                      != [(s.video_id, s.time) for s in dataset.samples]):
+        raise ValueError("augmented views need an augmented dataset of the same prepared samples")
+    key = cache_key(model, dataset, augmented, views)
     if path.is_file():
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a damaged cache is recomputed
             stored = None
         if isinstance(stored, dict) and stored.get("key") == key:
-            say(f"head-only: features of {int(stored['counts'].sum())} boxes reused from {path}")
+            say(f"head-only: features of {int(stored['counts'].sum())} boxes reused from {path} ({views} view(s))")
             return FeatureSet(stored["features"], stored["labels"], stored["counts"],
-                              [(video_id, dataset.samples[i].time) for i, (video_id, _) in enumerate(stored["keys"])])
+                              [(video_id, dataset.samples[i].time) for i, (video_id, _) in enumerate(stored["keys"])],
+                              seed=dataset.seed)
     extractor = feature_extractor(model, device)
     started = time.perf_counter()
-    features, labels, counts, keys = [], [], [], []
-    for item, pooled in predict(extractor, dataset, batch_size=batch_size, device=device):
-        features.append(torch.from_numpy(pooled))
-        labels.append(item["labels"])
-        counts.append(len(pooled))
-        keys.append((item["video_id"], item["time"]))
+    sources = [dataset] + [_View(augmented, view) for view in range(1, views)]
+    pooled_views, labels, counts, keys = [], [], [], []
+    for number, source in enumerate(sources):
+        pooled_view = []
+        for item, pooled in predict(extractor, source, batch_size=batch_size, device=device):
+            pooled_view.append(torch.from_numpy(pooled))
+            if number == 0:  # the views share their keyframes, boxes and labels
+                labels.append(item["labels"])
+                counts.append(len(pooled))
+                keys.append((item["video_id"], item["time"]))
+        pooled_views.append(torch.cat(pooled_view))
     seconds = time.perf_counter() - started
-    result = FeatureSet(torch.cat(features), torch.cat(labels), torch.tensor(counts, dtype=torch.int64), keys)
+    result = FeatureSet(torch.stack(pooled_views), torch.cat(labels), torch.tensor(counts, dtype=torch.int64), keys,
+                        seed=dataset.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as temporary:
         torch.save({"key": key, "features": result.features, "labels": result.labels, "counts": result.counts,
                     "keys": [[video_id, seconds_text(t)] for video_id, t in keys]}, temporary)
     say(f"head-only: features of {result.boxes} boxes in {len(keys)} keyframes extracted in {seconds:.1f} s "
-        f"({len(keys) / max(seconds, 1e-9):.2f} clips/s), cached in {path}")
+        f"({views} view(s), {len(keys) * views / max(seconds, 1e-9):.2f} clips/s), cached in {path}")
     return result
+
+
+class _View(torch.utils.data.Dataset):
+    """Augmented view ``view`` of every item of an augmented dataset: item ``i`` is ``dataset[(view, i)]``."""
+
+    def __init__(self, dataset, view: int):
+        self.dataset, self.view = dataset, view
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index) -> dict:
+        return self.dataset[(self.view, index)]
 
 
 @torch.no_grad()
@@ -172,7 +220,7 @@ def head_predictions(head: HeadOnlyModel, features: FeatureSet, device: torch.de
     :func:`~ava_pipeline.training.validation.validate` takes as ``predictions``)."""
     was_training = head.training
     head.eval()
-    probs = head([features.features.to(device)]).float().cpu().numpy()
+    probs = head([features.features[0].to(device)]).float().cpu().numpy()
     head.train(was_training)
     return [({"video_id": features.keys[i][0], "time": features.keys[i][1], "index": i},
              probs[features.offsets[i]:features.offsets[i + 1]]) for i in range(len(features))]

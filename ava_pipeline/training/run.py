@@ -141,7 +141,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
           val_exclusions: Optional[str | Path] = None, epochs: Optional[int] = None,
           batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
           augment: Optional[bool] = None, shuffle: Optional[bool] = None, device: str = "cpu", workers: int = 0,
-          quiet: bool = False, head_only: bool = False, full_resolution_frames: Optional[bool] = None,
+          quiet: bool = False, head_only: bool = False, head_views: int = 1,
+          full_resolution_frames: Optional[bool] = None,
           say: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) an AVA action model from movie files; see ``ava-train --help`` for every argument and
     the module docstring for what ``out`` receives. Flags override the config: ``epochs`` = SOLVER.MAX_EPOCH,
@@ -151,7 +152,8 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     run's summary lines (default: stderr). Launched by torchrun, every process calls it and trains its share
     (``ava_pipeline.training.distributed``); only rank 0 writes ``out`` and says anything. ``head_only``: the
     backbone stays frozen and only the head trains, on pooled RoI features computed once and cached in
-    ``out/head_features`` (``ava_pipeline.training.head_only``)."""
+    ``out/head_features`` (``ava_pipeline.training.head_only``); ``head_views`` > 1 caches that many views per
+    training keyframe (the test-time one and ``head_views - 1`` augmented ones), one drawn per epoch."""
     job = distributed.from_environment()
     main = job is None or job.is_main
     say = (say or (lambda line: print(line, file=sys.stderr, flush=True))) if main else (lambda line: None)
@@ -164,6 +166,9 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     if head_only and job is not None:
         raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
                           "ava-train without torchrun")
+    if head_views < 1 or (head_views > 1 and not (head_only and settings.augment)):
+        raise ConfigError(f"--head-views {head_views}: augmented views are cached for --head-only with "
+                          "augmentation (drop --no-augment); use a count of 1 or more")
     classes = _class_map(model_cfg, labelmap, str(config))
     class_ids = list(classes)
     weights_path = _resolve_weights(weights if weights is not None else settings.init_weights)
@@ -175,7 +180,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         "proposals": [_file_identity(p) for p in proposals], "exclusions": _file_identity(exclusions),
         "val_annotations": _file_identity(val_annotations), "val_proposals": [_file_identity(p) for p in val_proposals],
         "val_exclusions": _file_identity(val_exclusions), "videos": str(Path(videos).resolve()),
-        **({"head_only": True} if head_only else {}),
+        **({"head_only": True} if head_only else {}), **({"head_views": head_views} if head_views > 1 else {}),
         "weights": _file_identity(weights_path) if weights_path is not None and weights_path.is_file() else
         (str(weights_path) if weights_path else None),
     }
@@ -248,11 +253,12 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
                   alpha=train_model_cfg.alpha if train_model_cfg.num_pathways == 2 else None, fps=data.fps,
                   mean=data.mean, std=data.std, bgr=data.bgr, test_crop_size=data.test_crop_size,
                   cache_dir=out / "frames")
-    dataset = AvaClipDataset(samples, video_paths, train_jitter_scales=augmentation.train_jitter_scales,
-                             train_crop_size=augmentation.train_crop_size, random_flip=augmentation.random_flip,
-                             colour_jitter=augmentation.colour_jitter, pca_jitter_only=augmentation.pca_jitter_only,
-                             pca_eigval=augmentation.pca_eigval, pca_eigvec=augmentation.pca_eigvec,
-                             full_resolution_frames=augmentation.full_resolution_frames,
+    augmentation_options = dict(
+        train_jitter_scales=augmentation.train_jitter_scales, train_crop_size=augmentation.train_crop_size,
+        random_flip=augmentation.random_flip, colour_jitter=augmentation.colour_jitter,
+        pca_jitter_only=augmentation.pca_jitter_only, pca_eigval=augmentation.pca_eigval,
+        pca_eigvec=augmentation.pca_eigvec, full_resolution_frames=augmentation.full_resolution_frames)
+    dataset = AvaClipDataset(samples, video_paths, **augmentation_options,
                              augment=settings.augment and not head_only, seed=settings.seed, **common)
     prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
     say(prepared.summary())
@@ -270,9 +276,15 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
 
     batch_collate, trainee, val_features = collate, model, None
     if head_only:
-        say("head-only: frozen backbone; the head trains on pooled RoI features of the test-time transform")
+        say("head-only: frozen backbone; the head trains on pooled RoI features of the test-time transform"
+            + (f" and {head_views - 1} augmented view(s)" if head_views > 1 else ""))
+        augmented = None
+        if head_views > 1:
+            augmented = AvaClipDataset(dataset.samples, video_paths, **augmentation_options, augment=True,
+                                       seed=settings.seed, **common)
+            say(f"augmented views: {augmented.prepare(workers=workers).summary()}")
         dataset = head_only_mode.cached_features(model, dataset, out / "head_features" / "train.pt", device=device,
-                                                 say=say)
+                                                 augmented=augmented, views=head_views, say=say)
         if val_dataset is not None:
             val_features = head_only_mode.cached_features(model, val_dataset, out / "head_features" / "val.pt",
                                                           device=device, say=say)
