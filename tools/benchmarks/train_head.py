@@ -44,7 +44,7 @@ def run_head_only(args):
     boxes = KEYFRAMES * BOXES_PER_KEYFRAME
     features = torch.relu(torch.randn(boxes, DIMENSION, generator=generator))  # post-ReLU max-pooled, like R50's
     labels = (torch.rand(boxes, CLASSES, generator=generator) < 0.03).float()
-    dataset = FeatureSet(features, labels, torch.full((KEYFRAMES,), BOXES_PER_KEYFRAME),
+    dataset = FeatureSet(features[None], labels, torch.full((KEYFRAMES,), BOXES_PER_KEYFRAME),
                          [(f"video{i // 100}", i % 100) for i in range(KEYFRAMES)])
     for batch_size in args.head_batch_sizes:
         settings = TrainSettings(batch_size=batch_size, eval_period=10 ** 6, checkpoint_period=10 ** 6, seed=0,
