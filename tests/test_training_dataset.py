@@ -175,17 +175,20 @@ def test_batches_do_not_depend_on_the_number_of_workers(movies, tmp_path):
     dataset.prepare()
     dataset.set_epoch(3)
 
-    def batches(workers):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=False, num_workers=workers,
+    def batches(workers, source=dataset):
+        loader = torch.utils.data.DataLoader(source, batch_size=2, shuffle=False, num_workers=workers,
                                              collate_fn=collate)
         return list(loader)
 
-    single, parallel = batches(0), batches(2)  # in the workers, batches are assembled in shared memory
+    uint8 = make_dataset(movies, tmp_path / "cache", uint8_batches=True)
+    uint8.prepare()
+    uint8.set_epoch(3)
+    single, parallel = batches(0), batches(2, uint8)  # in the workers, batches are assembled in shared memory
     items = [collate([dataset[i] for i in range(start, min(start + 2, len(dataset)))]) for start in (0, 2, 4)]
     assert len(single) == len(parallel) == 3
     for a, b, c in zip(single, parallel, items):
-        assert all(torch.equal(x, y) for x, y in zip(a.inputs, c.inputs))
-        assert all(torch.equal(x, y) for x, y in zip(a.inputs, b.inputs))
+        assert all(torch.equal(x, y) for x, y in zip(a.model_inputs("cpu"), c.inputs))
+        assert all(torch.equal(x, y) for x, y in zip(a.model_inputs("cpu"), b.model_inputs("cpu")))
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels) and a.keys == b.keys
 
 
@@ -195,13 +198,33 @@ def test_a_batch_assembled_in_place_equals_the_collated_items(movies, tmp_path):
     indices = [(2, 4), (2, 0), (5, 3)]
     batch = dataset.__getitems__(indices)
     reference = collate([dataset[index] for index in indices])
-    assert collate(batch) is batch
+    assert collate(batch) is batch and batch.pixels is None
     assert [tuple(t.shape) for t in batch.inputs] == [(3, 3, 2, 28, 28), (3, 3, 8, 28, 28)]
     assert all(t.is_contiguous() for t in batch.inputs)
     assert all(torch.equal(a, b) for a, b in zip(batch.inputs, reference.inputs))
+    # for GPUs: the augmented frames travel as uint8 and are normalised where the model runs, exactly as the items
+    uint8 = make_dataset(movies, tmp_path / "cache", uint8_batches=True)
+    uint8.prepare()
+    batch = uint8.__getitems__(indices)
+    assert batch.inputs == [] and batch.pixels.dtype == torch.uint8 and batch.pixels.shape == (3, 8, 28, 28, 3)
+    inputs = batch.model_inputs("cpu")
+    assert all(t.is_contiguous() for t in inputs)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, reference.inputs))
+    assert torch.equal(batch.boxes, reference.boxes)
     assert torch.equal(batch.boxes, reference.boxes) and torch.equal(batch.labels, reference.labels)
     assert torch.equal(batch.ori_boxes, reference.ori_boxes)
     assert (batch.keys, batch.indices) == (reference.keys, reference.indices) and batch.indices == [4, 0, 3]
+    colour = make_dataset(movies, tmp_path / "cache", colour_jitter=True, pca_jitter_only=False, bgr=True,
+                          uint8_batches=True)
+    colour.prepare()  # colour jitter works on floats: the batch carries them, computed in place
+    batch = colour.__getitems__(indices)
+    assert batch.pixels is None and all(t.is_contiguous() for t in batch.inputs)
+    assert all(torch.equal(a, b) for a, b in zip(batch.model_inputs("cpu"),
+                                                 collate([colour[index] for index in indices]).inputs))
+    bgr = make_dataset(movies, tmp_path / "cache", bgr=True, uint8_batches=True)
+    bgr.prepare()
+    assert all(torch.equal(a, b) for a, b in zip(bgr.__getitems__(indices).model_inputs("cpu"),
+                                                 collate([bgr[index] for index in indices]).inputs))
     no_augment = make_dataset(movies, tmp_path / "cache", augment=False, test_crop_size=40)
     no_augment.prepare()
     assert all(torch.equal(a, b) for a, b in zip(no_augment.__getitems__([0, 1]).inputs,
@@ -357,9 +380,10 @@ def test_disk_space_is_estimated_and_checked_before_decoding(movies, tmp_path, m
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
 def test_a_pinned_batch_keeps_its_values(movies, tmp_path):
-    dataset = make_dataset(movies, tmp_path / "cache")
+    dataset = make_dataset(movies, tmp_path / "cache", uint8_batches=True)
     dataset.prepare()
     batch = dataset.__getitems__([0, 1])
     pinned = batch.pin_memory()
-    assert all(t.is_pinned() for t in pinned.inputs + [pinned.boxes, pinned.labels])
-    assert all(torch.equal(a, b) for a, b in zip(pinned.inputs, batch.inputs)) and pinned.keys == batch.keys
+    assert all(t.is_pinned() for t in [pinned.pixels, pinned.boxes, pinned.labels])
+    assert torch.equal(pinned.pixels, batch.pixels) and pinned.keys == batch.keys
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(pinned.model_inputs("cuda"), batch.model_inputs("cpu")))

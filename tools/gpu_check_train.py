@@ -13,8 +13,9 @@ that runs are comparable), then runs, each as its own process:
    checkpoint equals run 1's within GPU float noise (cuDNN's backward is not bit-deterministic);
 3. with G >= 2 also ``BN.NORM_TYPE: sync_batchnorm`` (``BN.GLOBAL_SYNC``) with train-mode BN: it trains and
    writes a checkpoint with the plain BatchNorm key names.
-4. with augmentation and ``--workers 2``: batches assembled in the workers' shared memory, pinned by the
-   DataLoader (``TrainingBatch.pin_memory``) and copied asynchronously: it trains to a finite loss.
+4. with augmentation and ``--workers 2``: uint8 batches assembled in the workers' shared memory, pinned by the
+   DataLoader (``TrainingBatch.pin_memory``), copied asynchronously and normalised on the GPU: it trains to a
+   finite loss, and the GPU's normalisation equals the CPU's bit for bit.
 
 Prints one line per verified fact and exits non-zero at the first failure.
 """
@@ -174,8 +175,13 @@ def main() -> int:
               f"augmented clips from 2 workers train: losses {[round(v, 4) for v in losses]}")
         if DEVICE == "cuda":
             from ava_pipeline.training.dataset import TrainingBatch
-            batch = TrainingBatch([torch.ones(2, 3)], torch.zeros(1, 5), torch.zeros(1, 2), torch.zeros(1, 4), [], [])
-            check(all(t.is_pinned() for t in batch.pin_memory().inputs), "TrainingBatch.pin_memory pins the inputs")
+            pixels = torch.randint(0, 256, (2, 8, 6, 6, 3), dtype=torch.uint8)
+            batch = TrainingBatch([], torch.zeros(1, 5), torch.zeros(1, 2), torch.zeros(1, 4), [], [], pixels=pixels,
+                                  normalisation=((0.45, 0.45, 0.45), (0.225, 0.225, 0.225), 4))
+            pinned = batch.pin_memory()
+            check(pinned.pixels.is_pinned(), "TrainingBatch.pin_memory pins the uint8 frames")
+            check(all(torch.equal(a.cpu(), b) for a, b in zip(pinned.model_inputs("cuda"), batch.model_inputs("cpu"))),
+                  "uint8 frames normalised on the GPU equal the CPU's, bit for bit")
         print(f"done: all checks passed on {DEVICE} ({gpus} GPU(s) visible)")
     return 0
 

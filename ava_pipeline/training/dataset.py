@@ -19,10 +19,11 @@ import torch
 from torch.utils.data import default_collate
 
 from ..errors import VideoDecodeError
+from ..preprocess import slow_indices
 from .frames import FrameStore
 from .samples import SampleSet, TrainingSample, seconds_text
 from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, inference_transform,
-                         train_transform)
+                         train_pixels, train_transform)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ class AvaClipDataset(torch.utils.data.Dataset):
             pixels resized from the stored copy (boxes, sizes, crops and arithmetic exact); with
             ``full_resolution_frames`` the store keeps the decoded frames and they are PySlowFast's transform of
             them, bit for bit, at several times the disk and read cost.
+        uint8_batches: batches (:meth:`__getitems__`, what the DataLoader asks for) carry augmented clips as uint8
+            frames, normalised by :meth:`TrainingBatch.model_inputs` where the model runs: for GPU training, a
+            quarter of the bytes through shared memory, pinning and the bus, and a third of the workers' CPU time.
+            Default: float pathways made in the workers (for CPU training, whose own cores run the model).
+            Clips with colour jitter are always float.
 
     Items (``dataset[i]``, or ``dataset[(epoch, i)]`` to name the epoch explicitly): ``"inputs"`` list of
     float32 ``(3, T_p, H, W)`` (Slow, Fast; Fast alone for Slow-only), ``"boxes"`` float32 (K, 4) ``x1, y1,
@@ -93,7 +99,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
                  train_jitter_scales: Sequence[int] = (256, 320), train_crop_size: int = 224,
                  random_flip: bool = True, colour_jitter: bool = False, pca_jitter_only: bool = True,
                  pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC, augment: bool = True,
-                 seed: int = 0, cache_dir, full_resolution_frames: bool = False):
+                 seed: int = 0, cache_dir, full_resolution_frames: bool = False, uint8_batches: bool = False):
         self._all = list(samples.samples if isinstance(samples, SampleSet) else samples)
         missing = sorted({s.video_id for s in self._all} - set(videos))
         if missing:
@@ -118,6 +124,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.store = FrameStore(cache_dir)
+        self.uint8_batches = uint8_batches
         self.store_short_side = (None if augment and full_resolution_frames
                                  else max(train_jitter_scales) if augment else test_crop_size)
         self._frames: dict = {}
@@ -213,8 +220,10 @@ class AvaClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index) -> dict:
         return self._item(index)
 
-    def _item(self, index, out: Optional[list] = None) -> dict:
-        """Item ``index`` (or ``(epoch, index)``); ``out``: tensors to write the augmented pathways into."""
+    def _item(self, index, out: Optional[list] = None, pixels: Optional[torch.Tensor] = None) -> dict:
+        """Item ``index`` (or ``(epoch, index)``); ``out``: tensors to write the augmented pathways into;
+        ``pixels``: a uint8 (T, S, S, 3) tensor to write the augmented frames into instead, not normalised (the
+        item's ``"inputs"`` is then empty)."""
         epoch = self.epoch
         if isinstance(index, tuple):
             epoch, index = index
@@ -228,9 +237,14 @@ class AvaClipDataset(torch.utils.data.Dataset):
         if self.augment:
             draw = draw_train_augmentation(augmentation_rng(self.seed, epoch, index), *source_size,
                                            **self.augmentation)
-            inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
-                                            alpha=self.alpha, source_size=source_size, out=out,
-                                            **self.normalisation, **self.pca)
+            if pixels is not None:
+                inputs, (_, boxes, _) = [], train_pixels(
+                    frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
+                    bgr=self.normalisation["bgr"], source_size=source_size, out=pixels.numpy())
+            else:
+                inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
+                                                alpha=self.alpha, source_size=source_size, out=out,
+                                                **self.normalisation, **self.pca)
         else:
             inputs, boxes = inference_transform(frames, sample.boxes, test_size=self.test_crop_size, alpha=self.alpha,
                                                 source_size=source_size, **self.normalisation)
@@ -239,15 +253,22 @@ class AvaClipDataset(torch.utils.data.Dataset):
                 "index": index}
 
     def __getitems__(self, indices: Sequence) -> TrainingBatch:
-        """``collate([self[i] for i in indices])``, with augmentation computed in place: each clip is transformed
-        straight into its slot of the batch's input tensors, which inside a DataLoader worker are allocated in
-        shared memory (as torch's ``default_collate`` does), so a batch reaches the training process with no
-        copy. The DataLoader calls this with each batch's indices."""
+        """``collate([self[i] for i in indices])`` as the DataLoader asks for it (each batch's indices), with
+        augmentation computed in place: each clip is transformed straight into its slot of the batch's tensors,
+        which inside a DataLoader worker are allocated in shared memory (as torch's ``default_collate`` does), so a
+        batch reaches the training process with no copy. With ``uint8_batches`` (and no colour jitter) the batch
+        carries the augmented frames as uint8 ``pixels``, normalised where the model runs by
+        :meth:`TrainingBatch.model_inputs`, bit for bit as the items are."""
         if not self.augment:
             return collate([self[index] for index in indices])
         size, frames = self.augmentation["crop_size"], self.clip_settings["num_frames"]
+        if self.uint8_batches and not self.augmentation["colour_jitter"]:
+            pixels = _batch_tensor((len(indices), frames, size, size, 3), torch.uint8)
+            items = [self._item(index, pixels=pixels[slot]) for slot, index in enumerate(indices)]
+            normalisation = (self.normalisation["mean"], self.normalisation["std"], self.alpha)
+            return _assemble(items, [], pixels=pixels, normalisation=normalisation)
         lengths = [frames] if self.alpha is None else [frames // self.alpha, frames]
-        inputs = [_batch_tensor((len(indices), 3, length, size, size)) for length in lengths]
+        inputs = [_batch_tensor((len(indices), 3, length, size, size), torch.float32) for length in lengths]
         items = [self._item(index, out=[pathway[slot] for pathway in inputs])
                  for slot, index in enumerate(indices)]
         return _assemble(items, inputs)
@@ -257,10 +278,12 @@ class AvaClipDataset(torch.utils.data.Dataset):
 class TrainingBatch:
     """A batch of N clips with K boxes in all.
 
-    ``inputs``: list of float32 ``(N, 3, T_p, H, W)`` (Slow, Fast); ``boxes``: float32 (K, 5)
-    ``batch_index, x1, y1, x2, y2`` in input pixels; ``labels``: float32 (K, C); ``ori_boxes``: float64 (K, 4)
-    normalised as read; ``keys``: ``(video_id, time)`` per clip (box ``k`` belongs to clip
-    ``int(boxes[k, 0])``); ``indices``: dataset index per clip.
+    ``inputs``: list of float32 ``(N, 3, T_p, H, W)`` (Slow, Fast), or empty when the batch carries ``pixels``
+    uint8 (N, T, H, W, 3) (channels in output order) and their ``normalisation`` ``(mean, std, alpha)`` instead:
+    :meth:`model_inputs` gives the pathways either way. ``boxes``: float32 (K, 5) ``batch_index, x1, y1, x2, y2``
+    in input pixels; ``labels``: float32 (K, C); ``ori_boxes``: float64 (K, 4) normalised as read; ``keys``:
+    ``(video_id, time)`` per clip (box ``k`` belongs to clip ``int(boxes[k, 0])``); ``indices``: dataset index
+    per clip.
     """
 
     inputs: list
@@ -269,12 +292,30 @@ class TrainingBatch:
     ori_boxes: torch.Tensor
     keys: list
     indices: list
+    pixels: Optional[torch.Tensor] = None
+    normalisation: Optional[tuple] = None
+
+    def model_inputs(self, device) -> list:
+        """The model's pathways on ``device``: float32 ``(N, 3, T_p, H, W)`` (Slow, Fast; Fast alone for
+        Slow-only). ``pixels`` travel as uint8 and are normalised there: ``(v / 255 - mean) / std`` in float32, the
+        arithmetic of the transforms' table (:func:`~ava_pipeline.preprocess.normalization_table`), bit for bit."""
+        if self.pixels is None:
+            return [tensor.to(device, non_blocking=True) for tensor in self.inputs]
+        mean, std, alpha = self.normalisation
+        frames = self.pixels.to(device, non_blocking=True).float().div_(255.0)
+        frames.sub_(torch.tensor(mean, dtype=torch.float32, device=frames.device))
+        frames.div_(torch.tensor(std, dtype=torch.float32, device=frames.device))
+        fast = frames.permute(0, 4, 1, 2, 3).contiguous()
+        if alpha is None:
+            return [fast]
+        return [fast.index_select(2, slow_indices(fast.shape[2], alpha).to(fast.device)), fast]
 
     def pin_memory(self) -> "TrainingBatch":
         """The batch with its tensors in page-locked memory (the DataLoader's ``pin_memory`` thread calls this for
         CUDA training, so that the copies to the GPU run asynchronously)."""
         return replace(self, inputs=[tensor.pin_memory() for tensor in self.inputs], boxes=self.boxes.pin_memory(),
-                       labels=self.labels.pin_memory())
+                       labels=self.labels.pin_memory(),
+                       pixels=None if self.pixels is None else self.pixels.pin_memory())
 
 
 def collate(items: Sequence[dict]) -> TrainingBatch:
@@ -293,20 +334,20 @@ def collate(items: Sequence[dict]) -> TrainingBatch:
     return _assemble(items, inputs)
 
 
-def _assemble(items: Sequence[dict], inputs: list) -> TrainingBatch:
-    """The batch of ``items`` whose clips are already stacked in ``inputs``."""
+def _assemble(items: Sequence[dict], inputs: list, **frames) -> TrainingBatch:
+    """The batch of ``items`` whose clips are already stacked in ``inputs`` (or in ``frames``' pixels)."""
     boxes = torch.cat([torch.cat([torch.full((len(item["boxes"]), 1), float(i)), item["boxes"]], dim=1)
                        for i, item in enumerate(items)])
     return TrainingBatch(inputs=inputs, boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
                          ori_boxes=torch.cat([item["ori_boxes"] for item in items]),
                          keys=[(item["video_id"], item["time"]) for item in items],
-                         indices=[item["index"] for item in items])
+                         indices=[item["index"] for item in items], **frames)
 
 
-def _batch_tensor(shape: tuple) -> torch.Tensor:
-    """An uninitialised contiguous float32 tensor; inside a DataLoader worker in shared memory (the storage
+def _batch_tensor(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous tensor; inside a DataLoader worker in shared memory (the storage
     ``default_collate`` allocates there), so that sending the batch to the training process copies nothing."""
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)

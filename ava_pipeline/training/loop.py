@@ -121,7 +121,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
         for iteration, batch in enumerate(loader):
             data_s = time.perf_counter() - waited_from
             computed_from = time.perf_counter()
-            inputs = [x.to(device, non_blocking=True) for x in batch.inputs]
+            inputs = batch.model_inputs(device)
             lr = learning_rate(solver, epoch + float(iteration) / iterations)
             loss = train_step(model, optimizer, inputs, batch.boxes.to(device), batch.labels.to(device), lr)
             boxes = int(batch.boxes.shape[0])

@@ -258,7 +258,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         random_flip=augmentation.random_flip, colour_jitter=augmentation.colour_jitter,
         pca_jitter_only=augmentation.pca_jitter_only, pca_eigval=augmentation.pca_eigval,
         pca_eigvec=augmentation.pca_eigvec, full_resolution_frames=augmentation.full_resolution_frames)
-    dataset = AvaClipDataset(samples, video_paths, **augmentation_options,
+    dataset = AvaClipDataset(samples, video_paths, **augmentation_options, uint8_batches=device.type == "cuda",
                              augment=settings.augment and not head_only, seed=settings.seed, **common)
     prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
     say(prepared.summary())

@@ -87,28 +87,24 @@ def draw_train_augmentation(rng: np.random.Generator, width: int, height: int, *
     return TrainDraw(short_side, crop_y, crop_x, flip, ops, factors, pca)
 
 
-def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, mean: Sequence[float],
-                    std: Sequence[float], alpha: Optional[int], bgr: bool = False,
-                    pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC,
-                    source_size: Optional[tuple[int, int]] = None, out: Optional[Sequence[torch.Tensor]] = None
-                    ) -> tuple[list, np.ndarray]:
-    """PySlowFast's AVA train transform of one clip with the choices ``draw``.
+def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, bgr: bool = False,
+                 source_size: Optional[tuple[int, int]] = None, out: Optional[np.ndarray] = None
+                 ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Steps 1-4 of PySlowFast's AVA train transform (boxes; short-side jitter, crop, flip) on one clip.
 
     Args:
         frames: uint8 (T, H, W, 3) RGB (array or sequence of T frames).
         boxes_normalized: (K, 4) ``x1, y1, x2, y2`` in [0, 1] of the frame, top-left origin.
-        draw: from :func:`draw_train_augmentation` for this frame size.
-        crop_size, mean, std, alpha, bgr: ``TRAIN_CROP_SIZE``, ``DATA.MEAN`` / ``STD`` (per output channel, [0, 1]
-            scale), SlowFast's alpha (None: Slow-only), ``AVA.BGR``.
+        draw: from :func:`draw_train_augmentation` for the source frame size.
+        crop_size, bgr: ``TRAIN_CROP_SIZE``; ``AVA.BGR`` (channels of the result in BGR order).
         source_size: ``(W, H)`` of the video frames when ``frames`` are a downscaled copy of them (the frame
-            store's training resolution): the boxes, the jittered size, the crop and the float arithmetic follow
-            the source exactly; only the pixels are resized from the copy. None: ``frames`` are the source.
-        out: contiguous float32 tensors shaped as the returned pathways to write them into (slots of a batch).
+            store's training resolution): the boxes, the jittered size and the crop follow the source exactly;
+            only the pixels are resized from the copy. None: ``frames`` are the source.
+        out: a uint8 (T, S, S, 3) array to write the frames into (a slot of a batch).
 
     Returns:
-        ``([slow (3, T // alpha, S, S), fast (3, T, S, S)], boxes_px)`` (``[fast]`` alone when ``alpha`` is None),
-        float32 tensors, ``S = crop_size``; ``boxes_px`` float32 (K, 4) ``x1, y1, x2, y2`` in pixels of the
-        output frame, clipped to it.
+        ``(pixels, boxes_px, resized)``: uint8 (T, S, S, 3) frames, ``S = crop_size``; float32 (K, 4) ``x1, y1,
+        x2, y2`` in pixels of the output frame, clipped to it; whether the jitter resized the source.
     """
     first = np.asarray(frames[0])
     width, height = source_size or (first.shape[1], first.shape[0])
@@ -131,43 +127,74 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
         boxes[:, [0, 2]] = out_width - 1 - boxes[:, [2, 0]]
     _clip_boxes(boxes, out_width, out_height)
 
-    colour = bool(draw.colour_ops) or draw.pca_alpha is not None
-    pathways = 1 if alpha is None else 2
-    clip = out[-1] if out is not None else torch.empty((3, len(frames), out_height, out_width), dtype=torch.float32)
-    if tuple(clip.shape) != (3, len(frames), out_height, out_width) or not clip.is_contiguous() or (
-            out is not None and len(out) != pathways):
-        raise ValueError(f"out must be {pathways} contiguous tensors, the last (3, {len(frames)}, {out_height}, "
-                         f"{out_width}); got {[tuple(t.shape) for t in out]}")
-    planes = clip.numpy()
-    interleaved = np.empty((len(frames) if colour else 1, out_height, out_width, 3), np.float32)
-    lut = None if colour else normalization_table(mean, std, resized=resized)
+    shape = (len(frames), out_height, out_width, 3)
+    pixels = out if out is not None else np.empty(shape, np.uint8)
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {pixels.dtype} {pixels.shape}")
     for index in range(len(frames)):
         image = np.asarray(frames[index])
         if resize_pixels:
             image = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR)
         if cropped:
             image = image[draw.crop_y:draw.crop_y + crop_size, draw.crop_x:draw.crop_x + crop_size]
+        if draw.flip and not bgr:
+            cv2.flip(image, 1, dst=pixels[index])  # about the vertical axis: image[:, ::-1], one contiguous pass
+            continue
         if draw.flip:
-            image = cv2.flip(image, 1)  # about the vertical axis: image[:, ::-1], in one contiguous pass
-        if colour:
-            interleaved[index] = image  # scaled and jittered below, for the whole clip at once
-        else:
-            if bgr:
-                image = image[:, :, ::-1]
-            cv2.LUT(np.ascontiguousarray(image), lut, dst=interleaved[0])
-            cv2.mixChannels([interleaved[0]], [planes[0, index], planes[1, index], planes[2, index]],
-                            [0, 0, 1, 1, 2, 2])  # (H, W, 3) -> the three (H, W) planes of frame ``index``
-    if colour:
+            image = cv2.flip(image, 1)
+        pixels[index] = image[:, :, ::-1] if bgr else image
+    return pixels, boxes.astype(np.float32), resized
+
+
+def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, mean: Sequence[float],
+                    std: Sequence[float], alpha: Optional[int], bgr: bool = False,
+                    pca_eigval: Sequence[float] = PCA_EIGVAL, pca_eigvec=PCA_EIGVEC,
+                    source_size: Optional[tuple[int, int]] = None, out: Optional[Sequence[torch.Tensor]] = None
+                    ) -> tuple[list, np.ndarray]:
+    """PySlowFast's AVA train transform of one clip with the choices ``draw``: :func:`train_pixels`, then colour
+    and PCA jitter if drawn, normalisation and the pathways.
+
+    Args:
+        frames, boxes_normalized, draw, crop_size, bgr, source_size: as for :func:`train_pixels`.
+        mean, std, alpha: ``DATA.MEAN`` / ``STD`` (per output channel, [0, 1] scale), SlowFast's alpha (None:
+            Slow-only).
+        out: contiguous float32 tensors shaped as the returned pathways to write them into (slots of a batch).
+
+    Returns:
+        ``([slow (3, T // alpha, S, S), fast (3, T, S, S)], boxes_px)`` (``[fast]`` alone when ``alpha`` is None),
+        float32 tensors, ``S = crop_size``; ``boxes_px`` float32 (K, 4) ``x1, y1, x2, y2`` in pixels of the
+        output frame, clipped to it.
+    """
+    colour = bool(draw.colour_ops) or draw.pca_alpha is not None
+    pixels, boxes, resized = train_pixels(frames, boxes_normalized, draw, crop_size=crop_size,
+                                          bgr=bgr and not colour, source_size=source_size)
+    count, out_height, out_width = pixels.shape[:3]
+    pathways = 1 if alpha is None else 2
+    clip = out[-1] if out is not None else torch.empty((3, count, out_height, out_width), dtype=torch.float32)
+    if tuple(clip.shape) != (3, count, out_height, out_width) or not clip.is_contiguous() or (
+            out is not None and len(out) != pathways):
+        raise ValueError(f"out must be {pathways} contiguous tensors, the last (3, {count}, {out_height}, "
+                         f"{out_width}); got {[tuple(t.shape) for t in out]}")
+    planes = clip.numpy()
+    if colour:  # scaled and jittered for the whole clip at once
+        interleaved = pixels.astype(np.float32)
         _colour_augment(interleaved, draw, resized=resized, eigval=pca_eigval, eigvec=pca_eigvec)
         if bgr:
             interleaved = interleaved[..., ::-1]
         mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         np.subtract(interleaved, mean32, out=planes.transpose(1, 2, 3, 0))
         np.divide(planes, std32[:, None, None, None], out=planes)
+    else:
+        lut = normalization_table(mean, std, resized=resized)
+        normalised = np.empty((out_height, out_width, 3), np.float32)
+        for index in range(count):
+            cv2.LUT(pixels[index], lut, dst=normalised)
+            cv2.mixChannels([normalised], [planes[0, index], planes[1, index], planes[2, index]],
+                            [0, 0, 1, 1, 2, 2])  # (H, W, 3) -> the three (H, W) planes of frame ``index``
     if alpha is None:
-        return [clip], boxes.astype(np.float32)
-    slow = torch.index_select(clip, 1, slow_indices(len(frames), alpha), **({"out": out[0]} if out else {}))
-    return [slow, clip], boxes.astype(np.float32)
+        return [clip], boxes
+    slow = torch.index_select(clip, 1, slow_indices(count, alpha), **({"out": out[0]} if out else {}))
+    return [slow, clip], boxes
 
 
 def _colour_augment(clip: np.ndarray, draw: TrainDraw, *, resized: bool, eigval, eigvec) -> None:

@@ -7,10 +7,12 @@ own DataLoader (``training.loop.training_loader``). For 1 and 2 DataLoader worke
 
 * first epoch = preparing the frame store (one sequential decoding pass per movie, what ava-train does before
   epoch 1) + one epoch in a shuffled order; later epochs = the order of epochs 2 to 4;
+* three layouts: the training-resolution store with float batches made in the workers (ava-train on a CPU); the
+  same with uint8 batches (ava-train on a GPU: the frames are normalised on the GPU, which this CPU benchmark
+  leaves out); the source-resolution store (``full_resolution_frames``, the store's former and only layout)
+  with float batches: the ratios show what each step buys;
 * baseline, measured in the same run: one sequential decode of the annotated spans (`video.iter_clips` over each
   movie's keyframes, no storing, no transform), the fastest of 3: the issue's bar for the first epoch;
-* the store at source resolution (``full_resolution_frames``, the store's former and only layout), measured in the
-  same run with the same workers: the ratio shows what the training-resolution store buys;
 * disk: the store's bytes per hour of video;
 * CPU: the store's CPU-seconds and the epochs' CPU per clip (workers and the training process), and from them
   the first epoch's floor on this machine (all of its work spread over every core with no idle moment).
@@ -36,9 +38,10 @@ MEASURE = TRAINING_DATASET + r"""
 import json, resource, sys, time, torch
 from ava_pipeline.training.loop import training_loader
 from ava_pipeline.training.sampling import EpochSampler
-annotations, videos, store, workers, config, full = sys.argv[1:7]
+annotations, videos, store, workers, config, layout = sys.argv[1:7]
 workers, later = int(workers), int(sys.argv[7])
-dataset = training_dataset(annotations, videos, store, config, full_resolution_frames=full == "1")
+dataset = training_dataset(annotations, videos, store, config, full_resolution_frames=layout == "source",
+                           uint8_batches=layout == "uint8")
 start, cpu = time.perf_counter(), time.process_time()
 report = dataset.prepare(workers=workers)
 prepare_s, prepare_cpu_s = time.perf_counter() - start, time.process_time() - cpu
@@ -109,10 +112,15 @@ def _python(code, *args, env):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _measure(folder: Path, videos: Path, workers: int, full_resolution: bool, env) -> dict:
-    name = f"store{workers}{'-full' if full_resolution else ''}"
-    result = _python(MEASURE, folder / "train.csv", videos, folder / name, workers, CONFIG, int(full_resolution),
-                     LATER_EPOCHS, env=env)
+LAYOUTS = {"float": "training-resolution store, float batches (CPU training)",
+           "uint8": "training-resolution store, uint8 batches (GPU training)",
+           "source": "source-resolution store, float batches"}
+
+
+def _measure(folder: Path, videos: Path, workers: int, layout: str, env) -> dict:
+    name = f"store{workers}-{layout}"
+    result = _python(MEASURE, folder / "train.csv", videos, folder / name, workers, CONFIG, layout, LATER_EPOCHS,
+                     env=env)
     shutil.rmtree(folder / name)
     first, later = result["epochs"][0], result["epochs"][1:]
     result["first_s"] = result["prepare_s"] + first["seconds"]
@@ -144,10 +152,9 @@ def run_loader(args):
               f"{sequential['cpu_s'] / sequential['seconds']:.1f} cores busy)")
         cores = os.cpu_count()
         for workers in args.loader_workers:
-            for full_resolution in (False, True):
-                result = _measure(folder, videos, workers, full_resolution, env)
+            for layout, label in LAYOUTS.items():
+                result = _measure(folder, videos, workers, layout, env)
                 hour = result["disk_bytes"] / movie_seconds * 3600 / 2 ** 30
-                label = "source-resolution store" if full_resolution else "training-resolution store"
                 print(f"{workers} worker(s), {label}: first epoch {result['first_s']:.1f} s = store "
                       f"{result['prepare_s']:.1f} s + {result['first_epoch_s']:.1f} s of training order "
                       f"({result['first_s'] / sequential['seconds']:.2f}x the sequential decode); later epochs "
