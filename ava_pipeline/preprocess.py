@@ -12,8 +12,9 @@ For one clip of T frames (all the same size W x H) and the K person boxes at its
 6. Fast pathway = all T frames, Slow pathway = frames ``torch.linspace(0, T-1, T // alpha).long()``
    (``[0, 4, 8, 13, 17, 22, 26, 31]`` for T=32, alpha=4: not every alpha-th frame).
 
-Float arithmetic follows PySlowFast's (float64 boxes, float32 pixels; the unresized case divides by 255
-in float64), so the tensors equal the reference's exactly. PySlowFast resizes BGR images; a uint8 resize
+Float arithmetic follows PySlowFast's (float64 boxes, float32 pixels), so the tensors equal the reference's
+exactly. (PySlowFast divides an unresized uint8 image by 255 in float64 and a resized one in float32; rounded to
+float32 the two agree on all 256 values, so one table serves both.) PySlowFast resizes BGR images; a uint8 resize
 treats channels independently, so resizing RGB gives the same pixels. Step 4 is a 256-entry table per
 channel built with that arithmetic, so each frame costs one ``cv2.resize`` and one ``cv2.LUT`` that writes
 straight into the output tensor.
@@ -58,10 +59,10 @@ def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
     boxes[:, [1, 3]] = np.minimum(height - 1.0, np.maximum(0.0, boxes[:, [1, 3]]))
 
 
-def normalization_table(mean: Sequence[float], std: Sequence[float], *, resized: bool) -> np.ndarray:
-    """float32 (256, 1, 3) table: uint8 value -> ``(v / 255 - mean) / std`` per output channel, computed as
-    PySlowFast computes it (float32 division after a resize, float64 division of an unresized image)."""
-    values = torch.arange(256, dtype=torch.float32 if resized else torch.float64).div(255.0).to(torch.float32)
+def normalization_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """float32 (256, 1, 3) table: uint8 value -> ``(v / 255 - mean) / std`` per output channel, in float32 as
+    PySlowFast computes it."""
+    values = torch.arange(256, dtype=torch.float32).div(255.0)
     mean_t = torch.tensor(list(mean), dtype=torch.float32)
     std_t = torch.tensor(list(std), dtype=torch.float32)
     table = (values[:, None] - mean_t[None, :]) / std_t[None, :]
@@ -128,9 +129,8 @@ def preprocess_clip(frames: np.ndarray | Sequence[np.ndarray], boxes_normalized,
     num_frames = len(frames)
     width, height = source_size or (first.shape[1], first.shape[0])
     new_width, new_height = resized_size(width, height, test_size)
-    resized = (new_width, new_height) != (width, height)
     resize_pixels = (new_width, new_height) != (first.shape[1], first.shape[0])
-    lut = normalization_table(mean, std, resized=resized)
+    lut = normalization_table(mean, std)
     clip = torch.empty((1, num_frames, new_height, new_width, 3), dtype=torch.float32)  # channels-last memory
     clip_frames = clip.numpy()[0]
     settings = (first.shape, (width, height), test_size, tuple(mean), tuple(std), bgr)

@@ -169,3 +169,9 @@ def test_pathways_are_written_into_given_tensors_and_the_source_size_rules_the_g
     assert torch.equal(inputs[0], torch.from_numpy(np.ascontiguousarray(expected.transpose(3, 0, 1, 2))))
     # 80 x 60 -> 26 x 20 is a factor 26 / 80 (the source's rule, not 26 / 40 of the given frames)
     np.testing.assert_allclose(boxes_px, [[16 * 26 / 80 - 3, 6 * 26 / 80 - 1, 15, 15]], atol=1e-5)
+
+
+def test_pyslowfasts_float32_and_float64_divisions_by_255_agree_on_every_uint8_value():
+    # why one normalisation table serves resized (float32 division) and unresized (float64) frames alike
+    values = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(values.astype(np.float32) / np.float32(255.0), (values / 255.0).astype(np.float32))

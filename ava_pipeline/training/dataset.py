@@ -238,9 +238,9 @@ class AvaClipDataset(torch.utils.data.Dataset):
             draw = draw_train_augmentation(augmentation_rng(self.seed, epoch, index), *source_size,
                                            **self.augmentation)
             if pixels is not None:
-                inputs, (_, boxes, _) = [], train_pixels(
-                    frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
-                    bgr=self.normalisation["bgr"], source_size=source_size, out=pixels.numpy())
+                _, boxes = train_pixels(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
+                                        bgr=self.normalisation["bgr"], source_size=source_size, out=pixels.numpy())
+                inputs = []
             else:
                 inputs, boxes = train_transform(frames, sample.boxes, draw, crop_size=self.augmentation["crop_size"],
                                                 alpha=self.alpha, source_size=source_size, out=out,

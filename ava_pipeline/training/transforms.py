@@ -89,7 +89,7 @@ def draw_train_augmentation(rng: np.random.Generator, width: int, height: int, *
 
 def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, bgr: bool = False,
                  source_size: Optional[tuple[int, int]] = None, out: Optional[np.ndarray] = None
-                 ) -> tuple[np.ndarray, np.ndarray, bool]:
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Steps 1-4 of PySlowFast's AVA train transform (boxes; short-side jitter, crop, flip) on one clip.
 
     Args:
@@ -103,8 +103,8 @@ def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, b
         out: a uint8 (T, S, S, 3) array to write the frames into (a slot of a batch).
 
     Returns:
-        ``(pixels, boxes_px, resized)``: uint8 (T, S, S, 3) frames, ``S = crop_size``; float32 (K, 4) ``x1, y1,
-        x2, y2`` in pixels of the output frame, clipped to it; whether the jitter resized the source.
+        ``(pixels, boxes_px)``: uint8 (T, S, S, 3) frames, ``S = crop_size``; float32 (K, 4) ``x1, y1, x2, y2``
+        in pixels of the output frame, clipped to it.
     """
     first = np.asarray(frames[0])
     width, height = source_size or (first.shape[1], first.shape[0])
@@ -143,7 +143,7 @@ def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, b
         if draw.flip:
             image = cv2.flip(image, 1)
         pixels[index] = image[:, :, ::-1] if bgr else image
-    return pixels, boxes.astype(np.float32), resized
+    return pixels, boxes.astype(np.float32)
 
 
 def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, mean: Sequence[float],
@@ -166,8 +166,8 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
         output frame, clipped to it.
     """
     colour = bool(draw.colour_ops) or draw.pca_alpha is not None
-    pixels, boxes, resized = train_pixels(frames, boxes_normalized, draw, crop_size=crop_size,
-                                          bgr=bgr and not colour, source_size=source_size)
+    pixels, boxes = train_pixels(frames, boxes_normalized, draw, crop_size=crop_size, bgr=bgr and not colour,
+                                 source_size=source_size)
     count, out_height, out_width = pixels.shape[:3]
     pathways = 1 if alpha is None else 2
     clip = out[-1] if out is not None else torch.empty((3, count, out_height, out_width), dtype=torch.float32)
@@ -178,14 +178,14 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
     planes = clip.numpy()
     if colour:  # scaled and jittered for the whole clip at once
         interleaved = pixels.astype(np.float32)
-        _colour_augment(interleaved, draw, resized=resized, eigval=pca_eigval, eigvec=pca_eigvec)
+        _colour_augment(interleaved, draw, eigval=pca_eigval, eigvec=pca_eigvec)
         if bgr:
             interleaved = interleaved[..., ::-1]
         mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         np.subtract(interleaved, mean32, out=planes.transpose(1, 2, 3, 0))
         np.divide(planes, std32[:, None, None, None], out=planes)
     else:
-        lut = normalization_table(mean, std, resized=resized)
+        lut = normalization_table(mean, std)
         normalised = np.empty((out_height, out_width, 3), np.float32)
         for index in range(count):
             cv2.LUT(pixels[index], lut, dst=normalised)
@@ -197,13 +197,11 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
     return [slow, clip], boxes
 
 
-def _colour_augment(clip: np.ndarray, draw: TrainDraw, *, resized: bool, eigval, eigvec) -> None:
+def _colour_augment(clip: np.ndarray, draw: TrainDraw, *, eigval, eigvec) -> None:
     """In place on float32 (T, H, W, 3) RGB pixel values 0..255: ``/ 255`` then PySlowFast's colour jitter and
-    PCA lighting, with its float32 / float64 arithmetic (NumPy 2 promotion rules)."""
-    if resized:
-        np.divide(clip, np.float32(255.0), out=clip)
-    else:  # PySlowFast divides the uint8 image in float64
-        clip[...] = (clip.astype(np.float64) / 255.0).astype(np.float32)
+    PCA lighting, with its float32 / float64 arithmetic (NumPy 2 promotion rules; its float64 division of an
+    unresized image rounds to the same float32 values)."""
+    np.divide(clip, np.float32(255.0), out=clip)
     for op, factor in zip(draw.colour_ops, draw.colour_factors):
         for frame in clip:
             if op == "brightness":
