@@ -261,6 +261,9 @@ def export_person_detector(detector, out: str | Path, *, opset: int = DEFAULT_OP
     if getattr(detector, "backend", None) != "torchvision":
         raise ConfigError(f"only the torchvision person detector can be exported to ONNX, not "
                           f"{getattr(detector, 'backend', type(detector).__name__)!r}")
+    if detector.fast:
+        raise ConfigError("the detector runs its fast inference model, which ONNX cannot express (fused oneDNN "
+                          "convolutions); build it with fast=False to export it")
     network = detector.model.eval()
 
     class DetectorGraph(nn.Module):

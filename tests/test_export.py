@@ -283,7 +283,7 @@ def test_person_detector_export_matches_torchvision(tmp_path, onnx_installed):
     import onnxruntime
 
     from ava_pipeline.detector import build_torchvision_detector
-    from ava_pipeline.export import read_onnx_metadata
+    from ava_pipeline.export import export_person_detector, read_onnx_metadata
 
     weights, out = tmp_path / "detector.pth", tmp_path / "detector.onnx"
     write_detector_weights(weights)
@@ -293,7 +293,9 @@ def test_person_detector_export_matches_torchvision(tmp_path, onnx_installed):
     assert meta.kind == "person_detector" and meta.config_name == DETECTOR
     assert meta.class_names[meta.preprocessing["person_label"]] == "person"
     assert meta.preprocessing["input_min_size"] == 320 and meta.preprocessing["score_thresh"] == 0.8
-    detector = build_torchvision_detector(DETECTOR, weights=weights)
+    detector = build_torchvision_detector(DETECTOR, weights=weights, fast=False)
+    with pytest.raises(ConfigError, match="build it with fast=False to export it"):
+        export_person_detector(build_torchvision_detector(DETECTOR, weights=weights), tmp_path / "fast.onnx")
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     for height, width in ((320, 400), (448, 320)):  # short side at the model's input size (see export docstring)

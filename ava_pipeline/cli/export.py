@@ -132,7 +132,7 @@ def _export_detector(args) -> str:
 
     require("onnx", "ava-export --detector")
     name = args.detector_model or DEFAULT_TORCHVISION_MODEL
-    detector = build_torchvision_detector(name, weights=args.weights)
+    detector = build_torchvision_detector(name, weights=args.weights, fast=False)  # the eager model exports
     export_person_detector(detector, args.out, opset=args.opset)
     return f"{PROG}: wrote {args.out} (person detector {name}, opset {args.opset})"
 

@@ -1,6 +1,7 @@
 """Inference-only rewrite of torchvision's Faster R-CNN person detectors: same detections, less time.
 
-``optimize_detector(model)`` returns a copy of a torchvision ``FasterRCNN`` (the models of
+``optimize_detector(model)`` returns a copy (or, with ``copy=False``, the model itself, rewritten) of a torchvision
+``FasterRCNN`` (the models of
 :data:`~ava_pipeline.detector.torchvision.TORCHVISION_MODELS`) in which only the heavy compute modules are
 replaced; everything else is torchvision's own code, untouched::
 
@@ -40,8 +41,8 @@ half precision would round pixel coordinates).
 """
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
+from copy import deepcopy
 from typing import Optional
 
 import torch
@@ -100,16 +101,28 @@ class ChannelsLastLinear(nn.Module):
 
 
 class _Autocast(nn.Module):
-    """Runs ``module`` under ``torch.autocast(device_type, dtype)`` and returns its tensors as float32
-    (a tensor, or a list / tuple / dict of them, as the Faster R-CNN modules return)."""
+    """Runs ``module`` under ``torch.autocast(device type of its inputs, dtype)`` and returns its tensors as
+    float32 (a tensor, or a list / tuple / dict of them, as the Faster R-CNN modules take and return)."""
 
-    def __init__(self, module: nn.Module, device_type: str, dtype: torch.dtype):
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.module, self.device_type, self.dtype = module, device_type, dtype
+        self.module, self.dtype = module, dtype
 
     def forward(self, *args):
-        with torch.autocast(self.device_type, dtype=self.dtype):
+        with torch.autocast(_first_tensor(args).device.type, dtype=self.dtype):
             return _to_float(self.module(*args))
+
+
+def _first_tensor(value) -> torch.Tensor:
+    """The first tensor in ``value`` (a tensor, or nested lists / tuples / dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _to_float(value):
@@ -196,13 +209,16 @@ def _fuse_flatten_linear(sequence: nn.Sequential, flatten_name: str) -> None:
         setattr(sequence, names[position + 2], nn.Identity())
 
 
-def optimize_detector(model: nn.Module, *, device="cpu", dtype: Optional[torch.dtype] = None) -> nn.Module:
+def optimize_detector(model: nn.Module, *, device="cpu", dtype: Optional[torch.dtype] = None,
+                      copy: bool = True) -> nn.Module:
     """A faster inference copy of a torchvision ``FasterRCNN`` (see the module docstring).
 
-    ``model`` is left untouched (the rewrite works on a deep copy, in eval mode); its thresholds
-    (``roi_heads.score_thresh`` ...) and transform are copied as they are. ``device`` is where the copy runs;
-    ``dtype`` (``torch.float16`` / ``torch.bfloat16``) runs the heavy modules under autocast, ``None`` keeps
-    float32, which on CPU uses the fused oneDNN path. The copy is called like the model:
+    ``model`` is left untouched (the rewrite works on a deep copy, in eval mode) unless ``copy=False``, which
+    rewrites ``model`` itself (no second set of weights; the eager model is gone); its thresholds
+    (``roi_heads.score_thresh`` ...) and transform are kept as they are. ``device`` is where the copy runs (it may
+    be moved later: the oneDNN path then applies on CPU only); ``dtype`` (``torch.float16`` / ``torch.bfloat16``)
+    runs the heavy modules under autocast, ``None`` keeps float32, which on CPU uses the fused oneDNN path. The
+    copy is called like the model:
     ``copy(list of (3, H, W) float [0, 1] images) -> list of {"boxes" (K, 4) x1, y1, x2, y2 original pixels,
     "labels" (K,), "scores" (K,)}`` (call it under ``torch.inference_mode``). Raises ``ConfigError`` for a
     structure it does not know (a norm it cannot fold).
@@ -217,7 +233,7 @@ def optimize_detector(model: nn.Module, *, device="cpu", dtype: Optional[torch.d
             raise ConfigError(f"optimize_detector: expected a torchvision FasterRCNN, got {type(model).__name__} "
                               f"without .{part}")
     use_onednn = device.type == "cpu" and dtype is None and onednn_usable()
-    fast = copy.deepcopy(model).eval()
+    fast = (deepcopy(model) if copy else model).eval()
     for part in (fast.backbone, fast.rpn.head, fast.roi_heads.box_head):
         _rewrite(part, use_onednn)
     unfolded = [name for name, m in fast.named_modules() if _is_norm(m)]
@@ -227,8 +243,8 @@ def optimize_detector(model: nn.Module, *, device="cpu", dtype: Optional[torch.d
     for p in fast.parameters():
         p.requires_grad_(False)
     if dtype is not None:
-        fast.backbone = _Autocast(fast.backbone, device.type, dtype)
-        fast.rpn.head = _Autocast(fast.rpn.head, device.type, dtype)
-        fast.roi_heads.box_head = _Autocast(fast.roi_heads.box_head, device.type, dtype)
-        fast.roi_heads.box_predictor = _Autocast(fast.roi_heads.box_predictor, device.type, dtype)
+        fast.backbone = _Autocast(fast.backbone, dtype)
+        fast.rpn.head = _Autocast(fast.rpn.head, dtype)
+        fast.roi_heads.box_head = _Autocast(fast.roi_heads.box_head, dtype)
+        fast.roi_heads.box_predictor = _Autocast(fast.roi_heads.box_predictor, dtype)
     return fast.to(device)

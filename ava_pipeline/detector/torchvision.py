@@ -41,10 +41,11 @@ class TorchvisionPersonDetector(ImageDetector):
     classes must not crowd persons out); ``max_detections`` then caps the persons. Images are run as one
     batch per :meth:`detect` call.
 
-    With ``fast`` (the default) :meth:`detect` runs :func:`~ava_pipeline.detector.fast.optimize_detector`'s
-    copy of the model (norms folded, fused oneDNN convolutions on CPU; the same detections within float32
-    rounding); ``fast=False`` runs the eager torchvision model. ``precision`` ``"fp16"`` / ``"bf16"`` runs the
-    fast copy's networks under autocast (for GPUs; boxes then differ by more than rounding).
+    With ``fast`` (the default) ``model`` is rewritten in place by
+    :func:`~ava_pipeline.detector.fast.optimize_detector` (norms folded, fused oneDNN convolutions on CPU; the
+    same detections within float32 rounding; one set of weights in memory): :attr:`model` is then the fast
+    model. ``fast=False`` keeps the eager torchvision model (what ONNX export needs). ``precision`` ``"fp16"`` /
+    ``"bf16"`` runs the fast model's networks under autocast (for GPUs; boxes then differ by more than rounding).
     """
 
     backend = "torchvision"
@@ -62,25 +63,19 @@ class TorchvisionPersonDetector(ImageDetector):
 
         super().__init__(name=name, weights=weights, weights_sha256=weights_sha256, score_thresh=score_thresh,
                          min_box_size=min_box_size, max_detections=max_detections, person_label=person_label)
-        self.model = model.eval()
-        self.model.roi_heads.score_thresh = strictly_below(score_thresh)
-        self.model.roi_heads.detections_per_img = NO_MODEL_CAP
+        model.roi_heads.score_thresh = strictly_below(score_thresh)
+        model.roi_heads.detections_per_img = NO_MODEL_CAP
         self.fast = bool(fast)
         self.precision = precision
         self.device = torch.device(device)
-        self.model.to(self.device)
-        self.runtime_model = self._runtime_model()
-        """What :meth:`detect` runs: the fast inference copy of :attr:`model`, or :attr:`model` itself."""
+        self.model = model.eval().to(self.device)
+        """What :meth:`detect` runs: the fast model (``model`` rewritten in place), or the eager one."""
+        if self.fast:
+            from .fast import optimize_detector
 
-    def _runtime_model(self) -> "torch.nn.Module":
-        import torch
-
-        from .fast import optimize_detector
-
-        if not self.fast:
-            return self.model
-        dtype = DETECTOR_PRECISIONS[self.precision]
-        return optimize_detector(self.model, device=self.device, dtype=dtype and getattr(torch, dtype))
+            dtype = DETECTOR_PRECISIONS[self.precision]
+            self.model = optimize_detector(self.model, device=self.device, dtype=dtype and getattr(torch, dtype),
+                                           copy=False)
 
     @property
     def description(self) -> str:
@@ -101,8 +96,7 @@ class TorchvisionPersonDetector(ImageDetector):
         import torch
 
         self.device = torch.device(device)
-        self.model.to(self.device)
-        self.runtime_model = self._runtime_model()  # the fast path depends on the device (oneDNN on CPU)
+        self.model.to(self.device)  # the fast model's oneDNN path applies on CPU only
         return self
 
     def detect(self, images: Sequence[np.ndarray], *, video_id: Optional[str] = None,
@@ -120,7 +114,7 @@ class TorchvisionPersonDetector(ImageDetector):
             # a copy: keyframe images may be read-only views of the decoder's frames, or BGR->RGB views
             tensors = [torch.tensor(np.ascontiguousarray(image), device=self.device).permute(2, 0, 1).float() / 255
                        for image in images]
-            outputs = self.runtime_model(tensors)
+            outputs = self.model(tensors)
         return [self._persons(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
                               image) for image, out in zip(images, outputs)]
 

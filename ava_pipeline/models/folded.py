@@ -48,8 +48,9 @@ class FoldedConv(nn.Module):
 
     ``forward(x, residual=None)`` computes ``act(conv(x) + residual?)`` for ``x`` (N, C_in, H, W) or (N, C_in,
     T, H, W) float; ``residual`` has the output's shape; ``activation`` is one of :data:`ACTIVATIONS`. The output
-    is channels-last (2-D or 3-D). With ``use_onednn`` (CPU float32) the expression is one oneDNN primitive that
-    accumulates into ``residual`` in place (its values are overwritten with the output).
+    is channels-last (2-D or 3-D). With ``use_onednn`` (for float32), on CPU inputs the expression is one oneDNN
+    primitive that accumulates into ``residual`` in place (its values are overwritten with the output); on other
+    devices (the module moved there) it is the plain convolution.
     """
 
     def __init__(self, conv: nn.Module, norm: Optional[nn.Module], *, activation: str = "none", use_onednn: bool):
@@ -80,12 +81,13 @@ class FoldedConv(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         memory_format = _channels_last(self.weight)
         x = x.contiguous(memory_format=memory_format)
-        if self.winograd and residual is None:
+        onednn = self.use_onednn and x.device.type == "cpu"
+        if onednn and self.winograd and residual is None:
             if self._winograd_weight is None:
                 self._winograd_weight = winograd.transform_weight(self.weight)
             return winograd.conv1x3x3(x, self._winograd_weight, self.bias, self.activation == "relu",
                                       self.dilation[1])
-        if self.use_onednn:
+        if onednn:
             weight = self._packed_weight(x.shape)
             if residual is None:
                 return torch.ops.mkldnn._convolution_pointwise(
