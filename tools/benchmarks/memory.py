@@ -2,7 +2,8 @@
 
 Each figure comes from a fresh Python process that builds ``ActionDetector(config=..., weights=..., boxes=...)``
 for the packaged R101 config (SLOWFAST_32x2_R101_50_50) with seeded random weights written here in PySlowFast's
-layout, and precomputed boxes (no person detector in memory), then reads VmRSS / VmHWM from /proc/self/status.
+layout, and precomputed boxes (no person detector in memory; ``--detector``: the torchvision v2 detector with
+seeded random weights instead), then reads VmRSS / VmHWM from /proc/self/status.
 ``--compare PATH`` also measures another checkout of the package (e.g. a worktree of an older commit) in the same
 run, so that before/after are measured on one machine state.
 """
@@ -25,7 +26,10 @@ def status(key):
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
 
 base = status("VmRSS")
-detector = ActionDetector(config=sys.argv[1], weights=sys.argv[2], boxes=sys.argv[3], fast=sys.argv[4] == "fast")
+config, weights, boxes, fast, detector_weights = sys.argv[1:6]
+person_detector = dict(boxes=boxes) if boxes != "-" else dict(
+    detector="torchvision", detector_options={"model": "fasterrcnn_resnet50_fpn_v2", "weights": detector_weights})
+detector = ActionDetector(config=config, weights=weights, fast=fast == "fast", **person_detector)
 print(json.dumps({"rss_mb": status("VmRSS"), "peak_mb": status("VmHWM"), "imports_mb": base,
                   "package": __import__("ava_pipeline").__file__}))
 """
@@ -34,6 +38,8 @@ print(json.dumps({"rss_mb": status("VmRSS"), "peak_mb": status("VmHWM"), "import
 def add_arguments(parser):
     parser.add_argument("--compare", metavar="PATH", help="root of another ava-pipeline checkout to measure too")
     parser.add_argument("--config", default="SLOWFAST_32x2_R101_50_50", help="packaged config (default R101)")
+    parser.add_argument("--detector", action="store_true", help="with the torchvision person detector "
+                        "(fasterrcnn_resnet50_fpn_v2, random weights) instead of precomputed boxes")
 
 
 def _weights(config_name: str, folder: Path) -> Path:
@@ -63,11 +69,23 @@ def run(args):
         weights = _weights(args.config, Path(folder))
         boxes = Path(folder) / "boxes.csv"
         boxes.write_text("movie,1,0.1,0.1,0.5,0.9,,0.99\n")
-        print(f"{args.config}: checkpoint {weights.stat().st_size / 2**20:.0f} MB")
+        detector_weights = "-"
+        if args.detector:
+            import torch
+
+            from ava_pipeline.detector.torchvision import build_torchvision_model
+
+            torch.manual_seed(0)
+            detector_weights = Path(folder) / "detector.pth"
+            torch.save(build_torchvision_model("fasterrcnn_resnet50_fpn_v2").state_dict(), detector_weights)
+            boxes = "-"
+        print(f"{args.config}: checkpoint {weights.stat().st_size / 2**20:.0f} MB"
+              + (f"; detector fasterrcnn_resnet50_fpn_v2 {detector_weights.stat().st_size / 2**20:.0f} MB"
+                 if args.detector else "; precomputed boxes"))
         checkouts = [("this checkout", this)] + ([("--compare", args.compare)] if args.compare else [])
         for label, root in checkouts:
             for mode in ("fast", "eager"):
-                figures = _measure(root, [args.config, str(weights), str(boxes), mode])
+                figures = _measure(root, [args.config, str(weights), str(boxes), mode, str(detector_weights)])
                 print(f"{label:14s} {mode:5s}: RSS {figures['rss_mb']:5.0f} MB after building, of which "
                       f"{figures['rss_mb'] - figures['imports_mb']:4.0f} MB beyond importing torch; peak "
                       f"{figures['peak_mb']:5.0f} MB ({Path(figures['package']).parent})")
