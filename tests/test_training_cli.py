@@ -130,7 +130,9 @@ def test_an_out_folder_of_another_run_or_of_something_else_is_refused(setup, tmp
     assert main(_args(setup, tmp_path / "run")) == 0
     capsys.readouterr()
     _fails(capsys, _args(setup, tmp_path / "run", "--lr", "0.5"), f"--out {tmp_path / 'run'} holds another run",
-           "config")
+           "config: train.solver.base_lr: 0.001 -> 0.5")
+    _fails(capsys, _args(setup, tmp_path / "run", "--full-resolution-frames"),
+           "config: train.augmentation.full_resolution_frames: False -> True")
     (tmp_path / "stuff").mkdir()
     (tmp_path / "stuff" / "notes.txt").write_text("mine")
     _fails(capsys, _args(setup, tmp_path / "stuff"), "not an ava-train run")

@@ -159,8 +159,11 @@ def test_pathways_are_written_into_given_tensors_and_the_source_size_rules_the_g
     inputs, boxes_px = train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4, out=out)
     assert [t.data_ptr() for t in inputs] == [t.data_ptr() for t in out]
     assert all(torch.equal(a, b) for a, b in zip(out, expected)) and np.array_equal(boxes_px, expected_boxes)
-    with pytest.raises(ValueError, match="out must be 2 contiguous tensors"):
+    with pytest.raises(ValueError, match=r"out must be contiguous float32 tensors of shapes \[\(3, 2, 16, 16\)"):
         train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4, out=out[1:])
+    with pytest.raises(ValueError, match="out must be contiguous float32"):  # a slow buffer of the wrong length
+        train_transform(frames, boxes, draw, crop_size=16, mean=MEAN, std=STD, alpha=4,
+                        out=[torch.empty(3, 3, 16, 16), out[1]])
     # frames already at the jittered size of a 80 x 60 source: boxes and arithmetic of the source, no resize
     half = np.stack([cv2.resize(f, (26, 20), interpolation=cv2.INTER_LINEAR) for f in random_frames(8, 80, 60)])
     inputs, boxes_px = train_transform(half, boxes, TrainDraw(short_side=20, crop_y=1, crop_x=3, flip=False),

@@ -83,8 +83,9 @@ class AvaClipDataset(torch.utils.data.Dataset):
             ``full_resolution_frames`` the store keeps the decoded frames and they are PySlowFast's transform of
             them, bit for bit, at several times the disk and read cost.
         uint8_batches: batches (:meth:`__getitems__`, what the DataLoader asks for) carry augmented clips as uint8
-            frames, normalised by :meth:`TrainingBatch.model_inputs` where the model runs: for GPU training, a
-            quarter of the bytes through shared memory, pinning and the bus, and a third of the workers' CPU time.
+            frames, normalised by :meth:`TrainingBatch.model_inputs` where the model runs: for GPU training, a fifth
+            of the bytes of both float pathways through shared memory, pinning and the bus, and a third of the
+            workers' CPU time.
             Default: float pathways made in the workers (for CPU training, whose own cores run the model).
             Clips with colour jitter are always float.
 
@@ -258,7 +259,7 @@ class AvaClipDataset(torch.utils.data.Dataset):
         which inside a DataLoader worker are allocated in shared memory (as torch's ``default_collate`` does), so a
         batch reaches the training process with no copy. With ``uint8_batches`` (and no colour jitter) the batch
         carries the augmented frames as uint8 ``pixels``, normalised where the model runs by
-        :meth:`TrainingBatch.model_inputs`, bit for bit as the items are."""
+        :meth:`TrainingBatch.model_inputs` with the float32 operations of the items."""
         if not self.augment:
             return collate([self[index] for index in indices])
         size, frames = self.augmentation["crop_size"], self.clip_settings["num_frames"]
@@ -297,14 +298,19 @@ class TrainingBatch:
 
     def model_inputs(self, device) -> list:
         """The model's pathways on ``device``: float32 ``(N, 3, T_p, H, W)`` (Slow, Fast; Fast alone for
-        Slow-only). ``pixels`` travel as uint8 and are normalised there: ``(v / 255 - mean) / std`` in float32, the
-        arithmetic of the transforms' table (:func:`~ava_pipeline.preprocess.normalization_table`), bit for bit."""
+        Slow-only). ``pixels`` travel as uint8 and are normalised there: ``(v / 255 - mean) / std``, the float32
+        operations of the transforms' table (:func:`~ava_pipeline.preprocess.normalization_table`). Every operand
+        is a tensor on the device: CUDA would replace a division by a Python number with a multiplication by its
+        reciprocal, one bit off for half of the 256 values."""
         if self.pixels is None:
             return [tensor.to(device, non_blocking=True) for tensor in self.inputs]
         mean, std, alpha = self.normalisation
-        frames = self.pixels.to(device, non_blocking=True).float().div_(255.0)
-        frames.sub_(torch.tensor(mean, dtype=torch.float32, device=frames.device))
-        frames.div_(torch.tensor(std, dtype=torch.float32, device=frames.device))
+        frames = self.pixels.to(device, non_blocking=True).float()
+
+        def operand(values):
+            return torch.tensor(values, dtype=torch.float32, device=frames.device)
+
+        frames.div_(operand(255.0)).sub_(operand(mean)).div_(operand(std))
         fast = frames.permute(0, 4, 1, 2, 3).contiguous()
         if alpha is None:
             return [fast]

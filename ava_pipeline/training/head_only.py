@@ -31,6 +31,7 @@ from torch import nn
 
 from ava_pipeline.models.inference import optimize_for_inference
 from ava_pipeline.training.dataset import TrainingBatch
+from ava_pipeline.training.frames import FrameStoreError
 from ava_pipeline.training.samples import seconds_text
 from ava_pipeline.writers import atomic_output
 
@@ -161,10 +162,15 @@ def cached_features(model: nn.Module, dataset, path: Path, *, device: torch.devi
     samples with augmentation, prepared); draws come from ``augmented.seed``."""
     from ava_pipeline.training.validation import predict
 
-    if views > 1 and (augmented is None or not augmented.augment
-                      or [(s.video_id, s.time) for s in augmented.samples]
-                      != [(s.video_id, s.time) for s in dataset.samples]):
-        raise ValueError("augmented views need an augmented dataset of the same prepared samples")
+    if views > 1:
+        if augmented is None or not augmented.augment:
+            raise ValueError("augmented views need an augmented dataset of the same samples (augment=True)")
+        keys, augmented_keys = ([(s.video_id, s.time) for s in d.samples] for d in (dataset, augmented))
+        if keys != augmented_keys:
+            differing = sorted(set(keys) ^ set(augmented_keys))[:5]
+            raise FrameStoreError(f"the frame stores of the test-time view and of the augmented views serve "
+                                  f"different keyframes ({', '.join(f'{v} at {seconds_text(t)} s' for v, t in differing)}"
+                                  "): a video changed while ava-train prepared them; run the command again")
     key = cache_key(model, dataset, augmented, views)
     if path.is_file():
         try:

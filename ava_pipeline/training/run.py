@@ -103,7 +103,7 @@ def _file_identity(path: Optional[str | Path]) -> Optional[dict]:
     return {"path": str(path.resolve()), "sha256": file_sha256(path) if path.is_file() else None}
 
 
-def _check_out_folder(out: Path, fingerprint: dict) -> None:
+def _check_out_folder(out: Path, fingerprint: dict, config_text: str) -> None:
     """Refuse an ``--out`` folder that holds anything but this very run (same fingerprint); a run folder whose
     earlier attempt wrote no checkpoint yet (it stopped while preparing frames, say) may be reused."""
     if not out.exists():
@@ -122,8 +122,29 @@ def _check_out_folder(out: Path, fingerprint: dict) -> None:
         raise ConfigError(f"{run_json}: unreadable run record ({exc}); choose a new --out folder") from exc
     differing = sorted(key for key in set(recorded) | set(fingerprint) if recorded.get(key) != fingerprint.get(key))
     if differing and latest_checkpoint(out / "checkpoints") is not None:
-        raise ConfigError(f"--out {out} holds another run (it differs in: {', '.join(differing)}); resuming needs the "
-                          "same command: choose a new --out folder for a new run")
+        changes = _config_changes(out / "config.yaml", config_text) if "config" in differing else []
+        detail = f"; config: {', '.join(changes[:6])}{', ...' if len(changes) > 6 else ''}" if changes else ""
+        raise ConfigError(f"--out {out} holds another run (it differs in: {', '.join(differing)}{detail}); resuming "
+                          "needs the same command and settings: choose a new --out folder for a new run")
+
+
+def _config_changes(recorded: Path, config_text: str) -> list[str]:
+    """``key: old -> new`` for each setting (dotted key) in which the run's recorded ``config.yaml`` and this
+    command's effective config differ (an older ava-pipeline's file lacks the settings added since)."""
+    def flat(mapping, prefix=""):
+        for key, value in (mapping or {}).items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    try:
+        old = dict(flat(yaml.safe_load(recorded.read_text(encoding="utf-8"))))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    new = dict(flat(yaml.safe_load(config_text)))
+    missing = "(absent)"
+    return [f"{key}: {old.get(key, missing)} -> {new.get(key, missing)}" for key in sorted(set(old) | set(new))
+            if old.get(key, missing) != new.get(key, missing)]
 
 
 def _resolve_weights(weights: Optional[str | Path]) -> Optional[Path]:
@@ -166,9 +187,11 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     if head_only and job is not None:
         raise ConfigError("--head-only trains in one process (the head on cached features takes seconds); launch "
                           "ava-train without torchrun")
-    if head_views < 1 or (head_views > 1 and not (head_only and settings.augment)):
-        raise ConfigError(f"--head-views {head_views}: augmented views are cached for --head-only with "
-                          "augmentation (drop --no-augment); use a count of 1 or more")
+    if head_views > 1 and not (head_only and settings.augment):
+        raise ConfigError(f"--head-views {head_views}: augmented views are cached for --head-only runs with "
+                          "augmentation (" + ("add --head-only" if not head_only else
+                                              "augmentation is off: --no-augment or train.augment: false")
+                          + "); or use --head-views 1")
     classes = _class_map(model_cfg, labelmap, str(config))
     class_ids = list(classes)
     weights_path = _resolve_weights(weights if weights is not None else settings.init_weights)
@@ -184,7 +207,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
         "weights": _file_identity(weights_path) if weights_path is not None and weights_path.is_file() else
         (str(weights_path) if weights_path else None),
     }
-    _check_out_folder(out, fingerprint)
+    _check_out_folder(out, fingerprint, config_text)
 
     samples = read_training_samples(annotation_files, class_ids=class_ids, proposals=list(proposals),
                                     exclusions=exclusions, score_thresh=model_cfg.box_thresh,

@@ -170,11 +170,13 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
                                  source_size=source_size)
     count, out_height, out_width = pixels.shape[:3]
     pathways = 1 if alpha is None else 2
-    clip = out[-1] if out is not None else torch.empty((3, count, out_height, out_width), dtype=torch.float32)
-    if tuple(clip.shape) != (3, count, out_height, out_width) or not clip.is_contiguous() or (
-            out is not None and len(out) != pathways):
-        raise ValueError(f"out must be {pathways} contiguous tensors, the last (3, {count}, {out_height}, "
-                         f"{out_width}); got {[tuple(t.shape) for t in out]}")
+    shapes = [(3, count, out_height, out_width)] if alpha is None else [
+        (3, count // alpha, out_height, out_width), (3, count, out_height, out_width)]
+    if out is not None and ([tuple(t.shape) for t in out] != shapes or not all(t.is_contiguous() for t in out)
+                            or any(t.dtype != torch.float32 for t in out)):
+        raise ValueError(f"out must be contiguous float32 tensors of shapes {shapes}; got "
+                         f"{[(tuple(t.shape), t.dtype) for t in out]}")
+    clip = out[-1] if out is not None else torch.empty(shapes[-1], dtype=torch.float32)
     planes = clip.numpy()
     if colour:  # scaled and jittered for the whole clip at once
         interleaved = pixels.astype(np.float32)
