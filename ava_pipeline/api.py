@@ -59,9 +59,10 @@ def load_action_model(config: str | Path, *, weights: Optional[str | Path] = Non
         strict: missing or mis-shaped weights are an error (``WeightsError``) unless False.
 
     The model takes ``([slow (N,3,T/alpha,H,W), fast (N,3,T,H,W)], boxes (K,5))`` with boxes
-    ``[batch_index, x1, y1, x2, y2]`` in input pixels, and returns (K, 80) float probabilities (column c =
-    AVA action id c+1). ``model.config`` is the ``ActionModelConfig``; ``model.weights_sha256`` the sha256 of
-    the checkpoint file.
+    ``[batch_index, x1, y1, x2, y2]`` in input pixels, and returns (K, num_classes) float probabilities (column
+    c = action id ``config.model_actions(model.config)[0][c]``: AVA's c+1, or the ids of a model's own label
+    map). ``model.config`` is the ``ActionModelConfig``; ``model.weights_sha256`` the sha256 of the checkpoint
+    file.
     """
     record = ZOO.get(str(config))
     cfg = load_config(record.config if record is not None else config)
