@@ -54,14 +54,15 @@ from ava_pipeline.training.dataset import AvaClipDataset, collate
 from ava_pipeline.training.samples import find_videos, read_training_samples
 
 
-def training_dataset(annotations, videos, store, config, full_resolution_frames=False, uint8_batches=False):
+def training_dataset(annotations, videos, store, config, full_resolution_frames=False, uint8_batches=False,
+                     augment=True):
     # ava-train's dataset of ``config`` with PySlowFast's AVA augmentation (jitter 256-320, crop 224)
     cfg = load_config(config)
     samples = read_training_samples(annotations, class_ids=range(1, 81))
     return AvaClipDataset(samples, find_videos(videos, samples.video_ids()), num_frames=cfg.model.num_frames,
                           sampling_rate=cfg.model.sampling_rate, alpha=cfg.model.alpha, fps=cfg.data.fps,
                           mean=cfg.data.mean, std=cfg.data.std, test_crop_size=cfg.data.test_crop_size,
-                          train_jitter_scales=(256, 320), train_crop_size=224, augment=True, seed=0, cache_dir=store,
+                          train_jitter_scales=(256, 320), train_crop_size=224, augment=augment, seed=0, cache_dir=store,
                           full_resolution_frames=full_resolution_frames, uint8_batches=uint8_batches)
 """
 """Source prefix of the benchmarks' measuring subprocesses that read training clips."""

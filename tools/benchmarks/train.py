@@ -70,6 +70,9 @@ def add_arguments(parser):
                         "epochs over 3,600 cached R50 box features (benchmarks/train_head.py)")
     parser.add_argument("--head-batch-sizes", type=int, nargs="+", default=[16, 64],
                         help="keyframes per iteration for --head-only")
+    parser.add_argument("--head-extraction-seconds", type=int, default=12, metavar="S",
+                        help="--head-only: also time feature extraction against the fast inference path over the "
+                        "keyframes of an S-second movie (0: skip)")
     parser.add_argument("--loader", action="store_true", help="only the training data path on a 720p H.264 movie "
                         "in random order: first and later epochs, 1 and 2 workers, disk (benchmarks/train_loader.py)")
     parser.add_argument("--loader-seconds", type=int, default=20, help="length of the --loader movie")
