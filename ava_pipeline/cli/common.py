@@ -15,6 +15,17 @@ USAGE_ERROR = 2
 """Exit status for a bad command line or unusable input (argparse uses it too)."""
 
 
+class UsageError(AvaPipelineError):
+    """The command line cannot be run as given (exit status 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: ``PROG: error: <message> (see PROG --help)``, exit status 2."""
+
+    def error(self, message):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 # ------------------------------------------------------------------------------------- argparse value types
 
 def _number(kind: type, *, least: Optional[float] = None, above: Optional[float] = None,

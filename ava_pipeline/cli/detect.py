@@ -19,19 +19,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import AvaPipelineError
-from .common import (device_name, non_negative_float, non_negative_int, parse_and_run, positive_int, probability,
-                     refuse_overwriting_inputs)
+from .common import (OneLineParser, UsageError, device_name, non_negative_float, non_negative_int, parse_and_run,
+                     positive_int, probability, refuse_overwriting_inputs)
 
 PROG = "ava-detect"
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".qt", ".mpg", ".mpeg", ".m2v",
                               ".ts", ".mts", ".m2ts", ".wmv", ".asf", ".flv", ".3gp", ".ogv", ".vob", ".y4m"})
 """File suffixes (lower case) taken as videos when searching folders."""
-
-
-class UsageError(AvaPipelineError):
-    """The command line cannot be run as given (exit status 2)."""
 
 
 # ---------------------------------------------------------------------------------------------- validators
@@ -58,13 +53,6 @@ def zoo_model_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with errors as one line: ``ava-detect: error: <message> (see ava-detect --help)``."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from ..batch import ENGINES
     from ..detector import BACKENDS
@@ -72,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..weights.zoo import DEFAULT_MODEL, zoo_names
     from ..writers import OUTPUT_SUFFIXES
 
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      epilog="Exit status: 0 all done, 1 some videos failed, 2 usage error.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files and/or folders of videos")
     parser.add_argument("--out", required=True, type=Path, metavar="PATH",

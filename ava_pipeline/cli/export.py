@@ -15,16 +15,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import AvaPipelineError
-from .common import USAGE_ERROR, refuse_overwriting_inputs, run_cli
+from .common import OneLineParser, UsageError, parse_and_run, refuse_overwriting_inputs
 
 PROG = "ava-export"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with errors as one line: ``ava-export: error: <message> (see ava-export --help)``."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def opset_number(text: str) -> int:
@@ -42,7 +35,7 @@ def opset_number(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ..export import DEFAULT_OPSET
 
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      epilog="Exit status: 0 written, 2 usage error.")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", metavar="NAME", help="zoo model name (default: the best zoo model)")
@@ -61,10 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no summary line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
-
-
-class UsageError(AvaPipelineError):
-    """The command line cannot be run as given (exit status 2)."""
 
 
 def _check_usage(args: argparse.Namespace) -> None:
@@ -147,11 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point of ``ava-export``; returns the exit status (see module docstring)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_request:
-        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
-    return run_cli(lambda: run(args), PROG, debug=args.debug)
+    return parse_and_run(build_parser(), run, PROG, argv)
 
 
 if __name__ == "__main__":

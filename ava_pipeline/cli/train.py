@@ -17,20 +17,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import USAGE_ERROR, device_name, non_negative_int, parse_and_run, positive_float, positive_int
+from .common import OneLineParser, device_name, non_negative_int, parse_and_run, positive_float, positive_int
 
 PROG = "ava-train"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with errors as one line: ``ava-train: error: <message> (see ava-train --help)``."""
-
-    def error(self, message):
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      epilog="Exit status: 0 done, 1 internal error, 2 unusable input, 130 interrupted.")
     parser.add_argument("--config", required=True, metavar="YAML",
                         help="our YAML or PySlowFast's AVA YAML unchanged (or a packaged config name); TRAIN, "
