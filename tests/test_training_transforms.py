@@ -178,3 +178,10 @@ def test_pyslowfasts_float32_and_float64_divisions_by_255_agree_on_every_uint8_v
     # why one normalisation table serves resized (float32 division) and unresized (float64) frames alike
     values = np.arange(256, dtype=np.uint8)
     assert np.array_equal(values.astype(np.float32) / np.float32(255.0), (values / 255.0).astype(np.float32))
+
+
+def test_pca_defaults_are_pyslowfasts_and_the_settings_use_them():
+    from ava_pipeline.training.settings import AugmentationSettings
+
+    assert PCA_EIGVAL == (0.225, 0.224, 0.229)  # slowfast/config/defaults.py DATA.TRAIN_PCA_EIGVAL
+    assert AugmentationSettings().pca_eigval == PCA_EIGVAL and AugmentationSettings().pca_eigvec == PCA_EIGVEC

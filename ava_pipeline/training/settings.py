@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from ava_pipeline.config import TRAIN_SECTION, from_mapping, plain_values, read_config_mapping, yacs_value
 from ava_pipeline.errors import ConfigError
+from ava_pipeline.training.transforms import PCA_EIGVAL, PCA_EIGVEC
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,8 @@ class AugmentationSettings:
     random_flip: bool = True
     colour_jitter: bool = False  # AVA.TRAIN_USE_COLOR_AUGMENTATION
     pca_jitter_only: bool = True  # AVA.TRAIN_PCA_JITTER_ONLY
-    pca_eigval: tuple[float, float, float] = (0.225, 0.224, 0.229)
-    pca_eigvec: tuple[tuple[float, float, float], ...] = (
-        (-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+    pca_eigval: tuple[float, float, float] = PCA_EIGVAL
+    pca_eigvec: tuple[tuple[float, float, float], ...] = PCA_EIGVEC
     # with augmentation, the frame store keeps decoded frames as they are (PySlowFast's resize of them, bit for
     # bit) instead of downscaled to the largest jitter scale (5x less disk and 1.3x faster epochs for 720p; the
     # pixels of a clip jittered below it are resized twice)

@@ -35,8 +35,8 @@ import torch
 
 from ..preprocess import normalization_table, preprocess_clip, resized_size, slow_indices
 
-PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-"""PySlowFast's ``DATA.TRAIN_PCA_EIGVAL`` default (ImageNet RGB eigenvalues)."""
+PCA_EIGVAL = (0.225, 0.224, 0.229)
+"""PySlowFast's ``DATA.TRAIN_PCA_EIGVAL`` default (``slowfast/config/defaults.py``)."""
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 """PySlowFast's ``DATA.TRAIN_PCA_EIGVEC`` default."""
 COLOUR_JITTER = 0.4  # brightness, contrast and saturation ratio (fixed in PySlowFast's AVA dataset)
