@@ -530,14 +530,14 @@ class ActionDetector:
         """Run the action model once on every pending keyframe with persons, then yield all in order."""
         import torch
 
+        from .preprocess import batch_boxes
+
         batch = [item for item in pending if item.inputs is not None]
         if batch:
             start = time.perf_counter()
             pathways = [torch.cat([item.inputs[p] for item in batch]).to(self.device)
                         for p in range(len(batch[0].inputs))]
-            boxes = torch.cat([
-                torch.cat([torch.full((len(item.boxes_px), 1), float(i)), torch.as_tensor(item.boxes_px).float()], 1)
-                for i, item in enumerate(batch)]).to(self.device)
+            boxes = batch_boxes([item.boxes_px for item in batch]).to(self.device)
             features = None
             with torch.inference_mode():
                 if self.tracking is None:

@@ -46,17 +46,25 @@ def boxes_to_input_pixels(boxes_normalized, width: int, height: int, test_size: 
     boxes = np.array(boxes_normalized, dtype=np.float64).reshape(-1, 4)
     boxes[:, [0, 2]] *= width
     boxes[:, [1, 3]] *= height
-    _clip_boxes(boxes, width, height)
+    clip_boxes(boxes, width, height)
     new_width, new_height = resized_size(width, height, test_size)
     if (new_width, new_height) != (width, height):
         boxes *= float(new_height) / height if width < height else float(new_width) / width
-    _clip_boxes(boxes, new_width, new_height)
+    clip_boxes(boxes, new_width, new_height)
     return boxes.astype(np.float32)
 
 
-def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
+    """Clip pixel boxes (K, 4) ``x1, y1, x2, y2`` in place to ``[0, width - 1] x [0, height - 1]``."""
     boxes[:, [0, 2]] = np.minimum(width - 1.0, np.maximum(0.0, boxes[:, [0, 2]]))
     boxes[:, [1, 3]] = np.minimum(height - 1.0, np.maximum(0.0, boxes[:, [1, 3]]))
+
+
+def batch_boxes(boxes_per_clip: Sequence) -> torch.Tensor:
+    """float32 (K, 5) ``[clip index, x1, y1, x2, y2]``: the (K_i, 4) boxes (arrays or tensors) of each clip of a
+    batch, in clip order, as the models' RoI heads take them."""
+    return torch.cat([torch.cat([torch.full((len(boxes), 1), float(index)), torch.as_tensor(boxes).float()], 1)
+                      for index, boxes in enumerate(boxes_per_clip)])
 
 
 def normalization_table(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ..errors import VideoDecodeError
-from ..preprocess import slow_indices
+from ..preprocess import batch_boxes, slow_indices
 from .frames import FrameStore
 from .samples import SampleSet, TrainingSample, seconds_text
 from .transforms import (PCA_EIGVAL, PCA_EIGVEC, augmentation_rng, draw_train_augmentation, inference_transform,
@@ -342,9 +342,7 @@ def collate(items: Sequence[dict]) -> TrainingBatch:
 
 def _assemble(items: Sequence[dict], inputs: list, **frames) -> TrainingBatch:
     """The batch of ``items`` whose clips are already stacked in ``inputs`` (or in ``frames``' pixels)."""
-    boxes = torch.cat([torch.cat([torch.full((len(item["boxes"]), 1), float(i)), item["boxes"]], dim=1)
-                       for i, item in enumerate(items)])
-    return TrainingBatch(inputs=inputs, boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
+    return TrainingBatch(inputs=inputs, boxes=batch_boxes([item["boxes"] for item in items]), labels=torch.cat([item["labels"] for item in items]),
                          ori_boxes=torch.cat([item["ori_boxes"] for item in items]),
                          keys=[(item["video_id"], item["time"]) for item in items],
                          indices=[item["index"] for item in items], **frames)

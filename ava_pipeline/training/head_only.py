@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ava_pipeline.models.inference import optimize_for_inference
+from ava_pipeline.preprocess import batch_boxes
 from ava_pipeline.training.dataset import TrainingBatch
 from ava_pipeline.training.frames import FrameStoreError
 from ava_pipeline.training.samples import seconds_text
@@ -79,9 +80,6 @@ class FeatureSet(torch.utils.data.Dataset):
     def views(self) -> int:
         return int(self.features.shape[0])
 
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing to do: the sampler hands the epoch with each index."""
-
     def view(self, epoch: int, index: int) -> int:
         """The view keyframe ``index`` trains on in ``epoch``: a pure function of ``(seed, epoch, index)``."""
         if self.views == 1:
@@ -109,8 +107,7 @@ def feature_collate(items: Sequence[dict]) -> TrainingBatch:
     """Concatenate the boxes of ``items`` into a :class:`~.dataset.TrainingBatch` whose ``inputs`` are
     ``[features (K, D)]`` and ``boxes`` (K, 5) carry the clip index (coordinates zero: the pooling is done)."""
     features = torch.cat([item["inputs"][0] for item in items])
-    boxes = torch.cat([torch.cat([torch.full((len(item["labels"]), 1), float(i)),
-                                  torch.zeros(len(item["labels"]), 4)], 1) for i, item in enumerate(items)])
+    boxes = batch_boxes([torch.zeros(len(item["labels"]), 4) for item in items])
     return TrainingBatch(inputs=[features], boxes=boxes, labels=torch.cat([item["labels"] for item in items]),
                          ori_boxes=torch.zeros(len(boxes), 4, dtype=torch.float64),
                          keys=[(item["video_id"], item["time"]) for item in items],

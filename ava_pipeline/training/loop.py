@@ -111,8 +111,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, collate, se
     loader = training_loader(dataset, sampler, collate, batch_size=per_process or settings.batch_size,
                              workers=workers, pin_memory=device.type == "cuda", seed=settings.seed)
     for epoch in range(start_epoch, solver.max_epoch):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)  # the sampler hands the dataset its epoch with every index
         model.train()
         if settings.frozen_bn:
             freeze_batchnorm(model)

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..preprocess import normalization_table, preprocess_clip, resized_size, slow_indices
+from ..preprocess import clip_boxes, normalization_table, preprocess_clip, resized_size, slow_indices
 
 PCA_EIGVAL = (0.225, 0.224, 0.229)
 """PySlowFast's ``DATA.TRAIN_PCA_EIGVAL`` default (``slowfast/config/defaults.py``)."""
@@ -117,7 +117,7 @@ def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, b
     boxes = np.array(boxes_normalized, dtype=np.float64).reshape(-1, 4)
     boxes[:, [0, 2]] *= width
     boxes[:, [1, 3]] *= height
-    _clip_boxes(boxes, width, height)
+    clip_boxes(boxes, width, height)
     if resized:
         boxes *= float(new_height) / height if width < height else float(new_width) / width
     if cropped:
@@ -125,7 +125,7 @@ def train_pixels(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int, b
         boxes[:, [1, 3]] -= draw.crop_y
     if draw.flip:
         boxes[:, [0, 2]] = out_width - 1 - boxes[:, [2, 0]]
-    _clip_boxes(boxes, out_width, out_height)
+    clip_boxes(boxes, out_width, out_height)
 
     shape = (len(frames), out_height, out_width, 3)
     pixels = out if out is not None else np.empty(shape, np.uint8)
@@ -169,7 +169,6 @@ def train_transform(frames, boxes_normalized, draw: TrainDraw, *, crop_size: int
     pixels, boxes = train_pixels(frames, boxes_normalized, draw, crop_size=crop_size, bgr=bgr and not colour,
                                  source_size=source_size)
     count, out_height, out_width = pixels.shape[:3]
-    pathways = 1 if alpha is None else 2
     shapes = [(3, count, out_height, out_width)] if alpha is None else [
         (3, count // alpha, out_height, out_width), (3, count, out_height, out_width)]
     if out is not None and ([tuple(t.shape) for t in out] != shapes or not all(t.is_contiguous() for t in out)
@@ -227,11 +226,6 @@ def _colour_augment(clip: np.ndarray, draw: TrainDraw, *, eigval, eigvec) -> Non
 def _gray(frame: np.ndarray) -> np.ndarray:
     """float32 (H, W) ``0.299 R + 0.587 G + 0.114 B`` of a float32 (H, W, 3) RGB frame (PySlowFast's order)."""
     return np.ascontiguousarray(0.299 * frame[:, :, 0] + 0.587 * frame[:, :, 1] + 0.114 * frame[:, :, 2])
-
-
-def _clip_boxes(boxes: np.ndarray, width: int, height: int) -> None:
-    boxes[:, [0, 2]] = np.minimum(width - 1.0, np.maximum(0.0, boxes[:, [0, 2]]))
-    boxes[:, [1, 3]] = np.minimum(height - 1.0, np.maximum(0.0, boxes[:, [1, 3]]))
 
 
 def inference_transform(frames, boxes_normalized, *, test_size: int, mean: Sequence[float], std: Sequence[float],

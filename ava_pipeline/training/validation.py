@@ -14,7 +14,7 @@ import csv
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from ava_pipeline.detector import read_person_boxes
 from ava_pipeline.evaluation import evaluate
+from ava_pipeline.training.dataset import collate
 from ava_pipeline.training.samples import TrainingSample, read_training_samples
 from ava_pipeline.writers import atomic_output, keyframe_rows
 
@@ -68,25 +69,19 @@ def read_validation_set(annotations: str | Path, *, class_ids: Sequence[int], pr
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, *, batch_size: int, device: torch.device,
-            progress: Optional[Callable[[int], None]] = None):
+def predict(model: nn.Module, dataset, *, batch_size: int, device: torch.device):
     """Yield ``(item, probs (K, C) numpy)`` for every item of ``dataset`` in order, in eval mode; consecutive
     clips of one size share a forward pass of up to ``batch_size`` clips."""
     model.eval()
     pending: list = []
 
     def flush():
-        inputs = [torch.stack([item["inputs"][p] for item in pending]).to(device)
-                  for p in range(len(pending[0]["inputs"]))]
-        boxes = torch.cat([torch.cat([torch.full((len(item["boxes"]), 1), float(i)), item["boxes"]], 1)
-                           for i, item in enumerate(pending)]).to(device)
-        probs = model(inputs, boxes).float().cpu().numpy()
+        batch = collate(pending)
+        probs = model(batch.model_inputs(device), batch.boxes.to(device)).float().cpu().numpy()
         offset = 0
         for item in pending:
             yield item, probs[offset:offset + len(item["boxes"])]
             offset += len(item["boxes"])
-        if progress is not None:
-            progress(len(pending))
 
     for index in range(len(dataset)):
         item = dataset[index]
