@@ -192,19 +192,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-class _Shard(torch.utils.data.Dataset):
-    """Items ``rank, rank + W, ...`` of ``dataset``."""
-
-    def __init__(self, dataset, job: Distributed):
-        self.dataset, self.indices = dataset, list(range(job.rank, len(dataset), job.world_size))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset[self.indices[index]]
-
-
 def sharded_predictions(model: nn.Module, dataset, job: Distributed, *, batch_size: int,
                         device: torch.device) -> Optional[list]:
     """The model's validation predictions, computed a 1/W share per process and gathered: on rank 0 a list of
@@ -213,7 +200,7 @@ def sharded_predictions(model: nn.Module, dataset, job: Distributed, *, batch_si
     from ava_pipeline.training.validation import predict
 
     mine = [({"video_id": item["video_id"], "time": item["time"], "index": item["index"]}, probs)
-            for item, probs in predict(model, _Shard(dataset, job), batch_size=max(1, batch_size // job.world_size),
+            for item, probs in predict(model, torch.utils.data.Subset(dataset, range(job.rank, len(dataset), job.world_size)), batch_size=max(1, batch_size // job.world_size),
                                        device=device)]
     gathered = job.gather_to_main(mine)
     if gathered is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -118,11 +118,13 @@ def _is_ava_subset(label_map: Mapping[int, str]) -> bool:
 
 
 @torch.no_grad()
-def load_initial_weights(model: nn.Module, path: str | Path, label_map: Mapping[int, str]) -> InitReport:
+def load_initial_weights(model: nn.Module, path: str | Path, label_map: Mapping[int, str], *,
+                         sha256: Optional[str] = None) -> InitReport:
     """Copy the weights of checkpoint ``path`` into ``model`` as an initialisation (module docstring).
 
-    ``label_map`` ``{action_id: name}`` in column order is what the model's head predicts. Raises
-    ``WeightsError`` (naming the file) when the backbone does not fit.
+    ``label_map`` ``{action_id: name}`` in column order is what the model's head predicts; ``sha256``: the file's,
+    when the caller has it already (else computed). Raises ``WeightsError`` (naming the file) when the backbone
+    does not fit.
     """
     path = Path(path)
     checkpoint = read_checkpoint(path)
@@ -141,7 +143,7 @@ def load_initial_weights(model: nn.Module, path: str | Path, label_map: Mapping[
         raise WeightsError(f"{path}: not an initialisation for this model ({'. '.join(problems)}); the checkpoint "
                            "is of another architecture: pass the --config it was trained with")
     model.load_state_dict(fitting, strict=False)
-    result = InitReport(str(path), file_sha256(path), checkpoint.file_format, checkpoint.layout, loaded=len(fitting),
+    result = InitReport(str(path), sha256 or file_sha256(path), checkpoint.file_format, checkpoint.layout, loaded=len(fitting),
                         not_in_model=list(report.unexpected), not_weights=list(checkpoint.dropped_keys))
     result.head = _initialise_head(model, head_state, label_map, result)
     return result

@@ -15,7 +15,6 @@ evaluation) and ``frames/`` (the frame store).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -40,7 +39,7 @@ from ava_pipeline.training.samples import check_videos, find_videos, read_traini
 from ava_pipeline.training.sampling import per_process_batch
 from ava_pipeline.training.settings import TrainSettings, load_train_settings, settings_mapping, with_overrides
 from ava_pipeline.training.validation import read_validation_set, validate
-from ava_pipeline.checksums import file_sha256
+from ava_pipeline.checksums import file_sha256, text_sha256
 from ava_pipeline.weights import ZOO, download
 from ava_pipeline.writers import atomic_output
 
@@ -198,7 +197,7 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     config_text = effective_config(model_cfg, classes, settings, name=model_cfg.name)
     annotation_files = [annotations] if isinstance(annotations, (str, Path)) else list(annotations)
     fingerprint = {
-        "config": hashlib.sha256(config_text.encode()).hexdigest(),
+        "config": text_sha256(config_text),
         "annotations": [_file_identity(p) for p in annotation_files],
         "proposals": [_file_identity(p) for p in proposals], "exclusions": _file_identity(exclusions),
         "val_annotations": _file_identity(val_annotations), "val_proposals": [_file_identity(p) for p in val_proposals],
@@ -235,7 +234,9 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
     train_model_cfg = dataclasses.replace(model_cfg.model, num_classes=len(classes))
     model = build_training_model(train_model_cfg, seed=settings.seed, fc_init_std=settings.fc_init_std,
                                  zero_init_final_bn=settings.zero_init_final_bn)
-    init_report = load_initial_weights(model, weights_path, classes) if weights_path is not None else None
+    weights_sha256 = fingerprint["weights"]["sha256"] if isinstance(fingerprint["weights"], dict) else None
+    init_report = (load_initial_weights(model, weights_path, classes, sha256=weights_sha256)
+                   if weights_path is not None else None)
     summary += init_report.lines() if init_report else [f"initialised at random (PySlowFast's initialisation, seed "
                                                         f"{settings.seed})"]
     model.to(device)
@@ -271,16 +272,11 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
             temporary.write_text(json.dumps({"fingerprint": fingerprint}, indent=1) + "\n", encoding="utf-8")
 
     data = model_cfg.data
-    augmentation = settings.augmentation
     common = dict(num_frames=train_model_cfg.num_frames, sampling_rate=train_model_cfg.sampling_rate,
                   alpha=train_model_cfg.alpha if train_model_cfg.num_pathways == 2 else None, fps=data.fps,
                   mean=data.mean, std=data.std, bgr=data.bgr, test_crop_size=data.test_crop_size,
                   cache_dir=out / "frames")
-    augmentation_options = dict(
-        train_jitter_scales=augmentation.train_jitter_scales, train_crop_size=augmentation.train_crop_size,
-        random_flip=augmentation.random_flip, colour_jitter=augmentation.colour_jitter,
-        pca_jitter_only=augmentation.pca_jitter_only, pca_eigval=augmentation.pca_eigval,
-        pca_eigvec=augmentation.pca_eigvec, full_resolution_frames=augmentation.full_resolution_frames)
+    augmentation_options = dataclasses.asdict(settings.augmentation)  # AvaClipDataset's argument names
     dataset = AvaClipDataset(samples, video_paths, **augmentation_options, uint8_batches=device.type == "cuda",
                              augment=settings.augment and not head_only, seed=settings.seed, **common)
     prepared = distributed.prepare_in_turn(dataset, job, workers=workers)
