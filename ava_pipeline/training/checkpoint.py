@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from ava_pipeline.errors import WeightsError
+from ava_pipeline.writers import atomic_output
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch_(\d{5})\.pyth")
 
@@ -68,15 +68,10 @@ def save_checkpoint(folder: str | Path, epoch_number: int, model: nn.Module, opt
     buffer = io.BytesIO()  # in memory: torch names the archive's records after a file's name, not a buffer's
     torch.save(state, buffer)
     path = folder / checkpoint_name(epoch_number)
-    temporary = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temporary, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_output(path) as temporary, open(temporary, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it is renamed into place
     return path
 
 
