@@ -484,13 +484,7 @@ def model_actions(cfg: ActionModelConfig) -> tuple[tuple[int, ...], tuple[str, .
 
 def dump_config(cfg: ActionModelConfig) -> str:
     """Serialise a config as our YAML (tuples as lists)."""
-    def plain(value):
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        return value
-    data = {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v))
-            for k, v in dataclasses.asdict(cfg).items()}
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(plain_values(cfg), sort_keys=False)
 
 
 def parse_config(text: str, source: str) -> ActionModelConfig:

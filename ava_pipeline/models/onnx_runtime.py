@@ -76,9 +76,9 @@ class OnnxActionModel:
                                       f"the given config {config.name!r} in {section}.{', '.join(fields)}; "
                                       "drop the config (the ONNX file carries its own) or export it again")
         if weights is not None and Path(weights).is_file() and self.weights_sha256:
-            from ..weights import sha256_of
+            from ..checksums import file_sha256
 
-            if sha256_of(weights) != self.weights_sha256:
+            if file_sha256(weights) != self.weights_sha256:
                 raise ConfigError(f"{self.path}: exported from other weights than {weights} (sha256 differs); "
                                   "drop the weights (the ONNX file carries its own) or export them again")
 
