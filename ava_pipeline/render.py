@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 import numpy as np
 
 from .ava_csv import exact_seconds, format_seconds
+from .tracking import SEGMENT_GAP, SEGMENT_THRESH
 from .errors import VideoDecodeError
 from .writers import OutputStats, atomic_output, open_output_sink
 
@@ -235,8 +236,8 @@ def render_paths(render_dir: str | Path, name: str) -> tuple[Path, Path]:
 def write_video_outputs(results: Iterable["KeyframeResult"], out_path: str | Path, *, output_format: str = "csv",
                         min_score: Optional[float] = None, render_dir: str | Path | None = None,
                         render_name: Optional[str] = None, video_path: str | Path | None = None,
-                        on_keyframe=None, segments_path: str | Path | None = None, segment_thresh: float = 0.5,
-                        segment_gap: int = 1) -> OutputStats:
+                        on_keyframe=None, segments_path: str | Path | None = None,
+                        segment_thresh: float = SEGMENT_THRESH, segment_gap: int = SEGMENT_GAP) -> OutputStats:
     """Stream one video's results into its detections file and, with ``render_dir``, its rendering.
 
     ``render_name`` (default: the output file's stem) places the rendering (:func:`render_paths`);

@@ -391,6 +391,10 @@ def _smoothed(person_ids: np.ndarray, neighbours: Sequence[tuple["KeyframeResult
 
 # --------------------------------------------------------------------------------------------- segments
 
+SEGMENT_THRESH = 0.5
+"""Default score from which a keyframe belongs to an action segment (``--segment-thresh``)."""
+SEGMENT_GAP = 1
+"""Default number of keyframes below the threshold that do not cut a segment (``--segment-gap``)."""
 SEGMENT_COLUMNS = ("video_id", "person_id", "action_id", "action_name", "start", "end", "peak_score",
                    "mean_score")
 """Columns of the segments CSV (with a header row)."""
@@ -423,7 +427,7 @@ class SegmentBuilder:
     person unseen) do not cut it (hysteresis: one low second is a blip, not two actions).
     """
 
-    def __init__(self, *, thresh: float = 0.5, max_gap: int = 1):
+    def __init__(self, *, thresh: float = SEGMENT_THRESH, max_gap: int = SEGMENT_GAP):
         if not 0.0 <= thresh <= 1.0:
             raise ConfigError(f"segment threshold must be in [0, 1], got {thresh}")
         if max_gap < 0:
@@ -471,8 +475,8 @@ class SegmentBuilder:
         return list(self._closed)
 
 
-def action_segments(results: Iterable["KeyframeResult"], *, thresh: float = 0.5, max_gap: int = 1
-                    ) -> list[ActionSegment]:
+def action_segments(results: Iterable["KeyframeResult"], *, thresh: float = SEGMENT_THRESH,
+                    max_gap: int = SEGMENT_GAP) -> list[ActionSegment]:
     """The :class:`ActionSegment` list of one video's tracked results (see :class:`SegmentBuilder`)."""
     builder = SegmentBuilder(thresh=thresh, max_gap=max_gap)
     for result in results:

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from .local import Dispatched, LocalEngine
 from ..checksums import file_sha256
 from .manifest import STATUS_DONE, STATUS_FAILED, Manifest, utc_time
+from ..tracking import SEGMENT_GAP, SEGMENT_THRESH
 from .work import DetectionWork, VideoOutcome, VideoTask, error_line
 
 ENGINES = ("local", "ray")
@@ -139,7 +140,7 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
               engine: str = "local", workers: Optional[int] = None, ray_address: Optional[str] = None,
               quiet: bool = False, max_attempts: int = 3,
               work_factory: Callable[..., DetectionWork] = DetectionWork, segments_dir: Optional[Path] = None,
-              segment_thresh: float = 0.5, segment_gap: int = 1,
+              segment_thresh: float = SEGMENT_THRESH, segment_gap: int = SEGMENT_GAP,
               report: Optional[Callable[[BatchEvent], None]] = None) -> BatchSummary:
     """Detect actions in ``videos`` and write ``out_dir/<name><suffix>`` per video plus ``manifest.json``.
 
@@ -249,7 +250,7 @@ def run_batch(videos: Sequence[tuple[Path, str]], out_dir: Path, *, detector_set
 
 def _write_outcome(outcome: VideoOutcome, output: Path, render: Optional[Path], out_dir: Path,
                    output_format: str, min_score: Optional[float], dispatched_at: Optional[float],
-                   segments: tuple = (None, 0.5, 1)) -> dict:
+                   segments: tuple) -> dict:
     """Write a finished video's detection file (atomically) and, when ``segments`` = ``(path, thresh, gap)``
     has a path, its segments CSV; return its manifest entry."""
     from ..results import damage_note

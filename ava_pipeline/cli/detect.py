@@ -226,8 +226,10 @@ TRACK_OPTIONS = ("segments", "segment_thresh", "segment_gap", "smooth_scores", "
 
 def segment_settings(args: argparse.Namespace) -> dict:
     """``segment_thresh`` and ``segment_gap`` of the command line (their defaults when not given)."""
-    return {"segment_thresh": 0.5 if args.segment_thresh is None else args.segment_thresh,
-            "segment_gap": 1 if args.segment_gap is None else args.segment_gap}
+    from ..tracking import SEGMENT_GAP, SEGMENT_THRESH
+
+    return {"segment_thresh": SEGMENT_THRESH if args.segment_thresh is None else args.segment_thresh,
+            "segment_gap": SEGMENT_GAP if args.segment_gap is None else args.segment_gap}
 
 
 def _segments_file(args: argparse.Namespace, out: Path) -> Optional[Path]:
