@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from ava_pipeline.checksums import file_sha256
-from ava_pipeline.config import ActionModelConfig, load_config
+from ava_pipeline.config import ActionModelConfig
 from ava_pipeline.errors import WeightsError
 from ava_pipeline.models import build_action_model
-from ava_pipeline.weights import ZOO, ZooModel, download, load_state_dict_into, read_checkpoint
+from ava_pipeline.weights import ZOO, ZooModel, download, load_state_dict_into, model_config, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def load_action_model(config: str | Path, *, weights: Optional[str | Path] = Non
     file.
     """
     record = ZOO.get(str(config))
-    cfg = load_config(record.config if record is not None else config)
+    cfg = model_config(config)
     path, weights_record = _resolve_weights(weights, record, cfg, str(config))
     checkpoint = read_checkpoint(path)
     if weights_record is not None and checkpoint.file_format != weights_record.file_format:

@@ -259,9 +259,9 @@ class ActionDetector:
             return str(config if config is not None else (model or onnx)), session.config, lambda fast, dtype: session
         from torch import nn
 
-        from .config import ActionModelConfig, load_config
+        from .config import ActionModelConfig
         from .models.inference import InferenceModel, optimize_for_inference
-        from .weights import DEFAULT_MODEL, ZOO
+        from .weights import DEFAULT_MODEL, model_config
 
         if isinstance(model, nn.Module):
             if config is not None or weights is not None:
@@ -280,7 +280,7 @@ class ActionDetector:
         if model is not None and config is not None:
             raise ConfigError(f"give a zoo model name or a config, not both (model={model!r}, config={config!r})")
         source = str(config if config is not None else (model or DEFAULT_MODEL))
-        cfg = load_config(ZOO[source].config if source in ZOO else source)
+        cfg = model_config(source)
 
         def load_named(fast: bool, dtype):
             from .api import load_action_model

@@ -108,14 +108,12 @@ def open_onnx_action_model(path: str | Path, *, model: Optional[str] = None, con
                            threads: Optional[int] = None) -> OnnxActionModel:
     """An :class:`OnnxActionModel` for ``path``, checked against the zoo ``model`` name or ``config`` and the
     ``weights`` file a caller gave beside it (see :meth:`OnnxActionModel.check_matches`)."""
-    from ..config import load_config
-    from ..weights import ZOO
+    from ..weights import model_config
 
     runtime = OnnxActionModel(path, threads=threads, device=device)
     source = config if config is not None else model
     expected = None
     if source is not None:
-        record = ZOO.get(str(source))
-        expected = load_config(record.config if record is not None else source)
+        expected = model_config(source)
     runtime.check_matches(expected, weights)
     return runtime

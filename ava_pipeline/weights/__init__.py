@@ -13,7 +13,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from ava_pipeline.weights.download import cache_dir, download  # binds the function over the submodule's name
-from ava_pipeline.weights.zoo import DEFAULT_MODEL, ZOO, ZooModel, get_zoo_model, zoo_names
+from ava_pipeline.weights.zoo import DEFAULT_MODEL, ZOO, ZooModel, get_zoo_model, model_config, zoo_names
 
 _LAZY = {
     "Checkpoint": "formats", "detect_format": "formats", "read_checkpoint": "formats",
@@ -23,7 +23,7 @@ _LAZY = {
 }
 
 __all__ = sorted([*_LAZY, "sha256_of", "cache_dir", "download", "DEFAULT_MODEL", "ZOO", "ZooModel", "get_zoo_model",
-                  "zoo_names"])
+                  "model_config", "zoo_names"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from ava_pipeline.weights.formats import Checkpoint, detect_format, read_checkpoint

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ava_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ava_pipeline.config import ActionModelConfig
 
 _PYSLOWFAST = "https://dl.fbaipublicfiles.com/pyslowfast/model_zoo/ava"
 _PYTORCHVIDEO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/ava"
@@ -61,6 +64,15 @@ DEFAULT_MODEL = "SLOWFAST_32x2_R101_50_50"
 
 def zoo_names() -> list[str]:
     return list(ZOO)
+
+
+def model_config(source) -> "ActionModelConfig":
+    """The ``ActionModelConfig`` of ``source``: a zoo name's recorded config, else a packaged config name or a
+    YAML path (``config.load_config``)."""
+    from ava_pipeline.config import load_config
+
+    record = ZOO.get(str(source))
+    return load_config(record.config if record is not None else source)
 
 
 def get_zoo_model(name: str) -> ZooModel:
