@@ -1,9 +1,22 @@
-"""Shared helpers for the benchmarks: machine description, robust timing, peak RSS."""
+"""Shared helpers for the benchmarks: machine description, robust timing, peak RSS, measuring subprocesses."""
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
+
+
+def python_json(code: str, *args, env=None, cwd=None) -> dict:
+    """Run ``python -c code args...`` in a fresh process (its own memory and thread state) and return the JSON
+    object on the last line of its output; a failure raises ``RuntimeError`` with the end of its stderr."""
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, cwd=cwd, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def machine_line(threads=None):

@@ -7,14 +7,11 @@ seeded random weights instead), then reads VmRSS / VmHWM from /proc/self/status.
 ``--compare PATH`` also measures another checkout of the package (e.g. a worktree of an older commit) in the same
 run, so that before/after are measured on one machine state.
 """
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from .common import machine_line
+from .common import machine_line, python_json
 
 _PROBE = r"""
 import json, sys
@@ -57,9 +54,7 @@ def _weights(config_name: str, folder: Path) -> Path:
 
 def _measure(root: str, args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": root}
-    output = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env, cwd=tempfile.gettempdir(), check=True,
-                            capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return python_json(_PROBE, *args, env=env, cwd=tempfile.gettempdir())
 
 
 def run(args):

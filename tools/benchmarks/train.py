@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import TRAINING_DATASET, machine_line
+from benchmarks.common import TRAINING_DATASET, machine_line, python_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "SLOWFAST_32x2_R50_SHORT"
@@ -80,12 +80,6 @@ def add_arguments(parser):
     parser.add_argument("--loader-workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to measure")
 
 
-def _python(code, *args, env):
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
-                            check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def _run_measured(command, env, log: Path):
     """Run ``command``; returns (exit status, its own peak RSS in MB, its stderr)."""
     with open(log, "w+") as stderr:
@@ -136,7 +130,7 @@ def run(args):
         folder = Path(tmp)
         videos = _write_movie(folder, seconds=12)
         for batch in args.batch_sizes:
-            bare = _python(BARE_STEP, batch, args.iterations, 224, 298, CONFIG, env=env)
+            bare = python_json(BARE_STEP, batch, args.iterations, 224, 298, CONFIG, env=env)
             # an epoch of exactly args.iterations iterations: batch * iterations keyframes
             rows = (folder / "train.csv").read_text().splitlines()
             keyframes = sorted({row.split(",")[1] for row in rows}, key=int)[:batch * args.iterations]
@@ -165,7 +159,7 @@ def run(args):
                   f"RSS {bare['peak_rss_mb'] / 1024:.2f} GB; ratio ava-train/bare: time "
                   f"{(sum(data_s) + sum(compute_s)) / sum(bare_s):.2f}x, compute {sum(compute_s) / sum(bare_s):.2f}x, "
                   f"memory {peak / bare['peak_rss_mb']:.2f}x")
-        data = _python(DATA_PATH, folder / "train.csv", videos, folder / "store", 3, CONFIG, env=env)
+        data = python_json(DATA_PATH, folder / "train.csv", videos, folder / "store", 3, CONFIG, env=env)
         print(f"data path alone (frame store + AVA train transform at 256-320 jitter, 224 crop + collate): "
               f"{data['clips'] / data['seconds']:.1f} clips/s ({data['clips']} clips of 32 frames); "
               f"frame preparation {data['prepare_s']:.1f} s for a 12 s movie, {data['disk_bytes'] / 2 ** 20:.0f} MiB "

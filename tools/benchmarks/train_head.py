@@ -11,9 +11,7 @@ against the action model's inference speed measured in the same run (the same cl
 ``optimize_for_inference`` and the validation's batched ``predict``, which ava-detect's forward matches). The
 issue's goal: extraction at the action model's inference speed.
 """
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import TRAINING_DATASET, machine_line
+from benchmarks.common import TRAINING_DATASET, machine_line, python_json
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYFRAMES, BOXES_PER_KEYFRAME, DIMENSION, CLASSES, EPOCHS = 1200, 3, 2304, 80, 100
@@ -135,9 +133,7 @@ def run_extraction(args, folder: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    result = subprocess.run([sys.executable, "-c", EXTRACTION, str(folder / "train.csv"), str(videos),
-                             str(folder / "store"), CONFIG], env=env, capture_output=True, text=True, check=True)
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = python_json(EXTRACTION, folder / "train.csv", videos, folder / "store", CONFIG, env=env)
     inference_s = min(figures["inference_s"])
     print(f"feature extraction ({CONFIG}, random weights, 224x298 test-time clips): {figures['clips']} keyframes, "
           f"{figures['boxes']} boxes in {figures['extraction_s']:.1f} s "

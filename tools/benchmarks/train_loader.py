@@ -19,16 +19,13 @@ own DataLoader (``training.loop.training_loader``). For 1 and 2 DataLoader worke
 
 The issue's goal after the first epoch: >= 20 clips/s per CPU core with augmentation on.
 """
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import TRAINING_DATASET, machine_line
+from benchmarks.common import TRAINING_DATASET, machine_line, python_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "SLOWFAST_32x2_R50_SHORT"
@@ -105,13 +102,6 @@ def _movies(folder: Path, seconds: int, copies: int) -> tuple[Path, list[int]]:
     return videos, keyframes
 
 
-def _python(code, *args, env):
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-2000:])
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 LAYOUTS = {"float": "training-resolution store, float batches (CPU training)",
            "uint8": "training-resolution store, uint8 batches (GPU training)",
            "source": "source-resolution store, float batches"}
@@ -119,7 +109,7 @@ LAYOUTS = {"float": "training-resolution store, float batches (CPU training)",
 
 def _measure(folder: Path, videos: Path, workers: int, layout: str, env) -> dict:
     name = f"store{workers}-{layout}"
-    result = _python(MEASURE, folder / "train.csv", videos, folder / name, workers, CONFIG, layout, LATER_EPOCHS,
+    result = python_json(MEASURE, folder / "train.csv", videos, folder / name, workers, CONFIG, layout, LATER_EPOCHS,
                      env=env)
     shutil.rmtree(folder / name)
     first, later = result["epochs"][0], result["epochs"][1:]
@@ -143,7 +133,7 @@ def run_loader(args):
         print(f"movies: {args.loader_movies} x {args.loader_seconds} s of 1280x720 30 fps H.264 (written in "
               f"{time.perf_counter() - start:.0f} s); {len(keyframes) * args.loader_movies} keyframes, clips of 32 "
               "frames x 2 (SlowFast 32x2), batch 4, augmentation on (jitter 256-320, crop 224, flip)")
-        decodes = [_python(SEQUENTIAL, videos, ",".join(map(str, keyframes)), env=env) for _ in range(3)]
+        decodes = [python_json(SEQUENTIAL, videos, ",".join(map(str, keyframes)), env=env) for _ in range(3)]
         sequential = min(decodes, key=lambda decode: decode["seconds"])  # the fastest: the strictest bar
         times = ", ".join(f"{decode['seconds']:.1f}" for decode in decodes)
         print(f"baseline: one sequential decode of the annotated spans {sequential['seconds']:.1f} s, the fastest "

@@ -18,15 +18,13 @@ RGB frames are checked against PyAV's own ``frame.to_ndarray(format="rgb24")`` o
 Peak RSS of iter_clips is measured on the ``pan`` videos of every ``--minutes`` length, in a fresh process
 per video (goal: the 1- and 10-minute videos differ by < 100 MB).
 """
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import machine_line
+from .common import machine_line, python_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTENTS = ("film", "pan")
@@ -164,8 +162,7 @@ print(json.dumps({{"clips": clips, "peak_rss_mb": peak}}))
 
 def _peak_rss_of_iter_clips(path: Path, num_frames: int, sampling_rate: int) -> dict:
     code = _CHILD.format(root=str(REPO_ROOT), path=str(path), T=num_frames, tau=sampling_rate)
-    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return python_json(code)
 
 
 def _synthetic_video(workdir: Path, minutes: float, width: int, height: int, fps: int, content: str) -> Path:
