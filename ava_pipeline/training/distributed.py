@@ -120,9 +120,12 @@ def start(job: Distributed, device: torch.device) -> None:
     atexit.register(stop)
 
 
-def stop() -> None:
-    """Leave the process group (if joined)."""
+def stop(*, barrier: bool = False) -> None:
+    """Leave the process group (if joined); with ``barrier`` (the normal end of a run) only once every process
+    has got there, so that none tears its connections down while another still uses them."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

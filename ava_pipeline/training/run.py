@@ -362,6 +362,6 @@ def train(config: str | Path, *, videos: str | Path, annotations: str | Path | S
             progress.close()
     if last["checkpoint"] is None:
         raise ConfigError(f"{out}: no checkpoint was written")
-    distributed.stop()
+    distributed.stop(barrier=True)
     say(f"done: {last['checkpoint']}")
     return TrainResult(out, out / "config.yaml", last["checkpoint"], out / "metrics.jsonl", last["eval"])
